@@ -1,0 +1,182 @@
+//! `keelson.toml` and the flags that override it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use keelson_storage::Retention;
+use serde::Deserialize;
+
+pub const DEFAULT_GRPC: &str = "127.0.0.1:18000";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:18001";
+pub const DEFAULT_DATA_DIR: &str = "keelson-data";
+
+/// The file as written. Every field is optional; unknown fields are errors so
+/// a typo is caught instead of silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    grpc_listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    retention: RetentionFile,
+    #[serde(default)]
+    checkpoint: CheckpointFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    /// e.g. "30days"; absent keeps everything.
+    max_age: Option<String>,
+    max_versions_per_key: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointFile {
+    /// Write a checkpoint once this many events were applied since the last (default 10000).
+    every_events: Option<u64>,
+    /// How often to consider writing a checkpoint and applying retention (default "1m").
+    interval: Option<String>,
+}
+
+/// Where config comes from, each `--source` SPEC parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    File(PathBuf),
+    Kubernetes { context: Option<String> },
+    Consul(String),
+    Mcp(String),
+}
+
+impl SourceSpec {
+    pub fn parse(spec: &str, base: &Path) -> Result<Self> {
+        let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+        Ok(match (kind, arg) {
+            ("file", path) if !path.is_empty() => SourceSpec::File(base.join(path)),
+            ("k8s", "") => SourceSpec::Kubernetes { context: None },
+            ("k8s", ctx) => SourceSpec::Kubernetes { context: Some(ctx.into()) },
+            ("consul", url) if !url.is_empty() => SourceSpec::Consul(url.into()),
+            ("mcp", url) if !url.is_empty() => SourceSpec::Mcp(url.into()),
+            _ => bail!("{spec:?} is not a source: expected file:PATH, k8s[:CONTEXT], consul:URL or mcp:URL"),
+        })
+    }
+}
+
+/// The resolved configuration `serve` runs with.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub sources: Vec<SourceSpec>,
+    pub retention: Retention,
+    pub checkpoint_every_events: u64,
+    pub maintenance_interval: Duration,
+}
+
+/// Flags given on the command line; each one beats the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub sources: Vec<String>,
+}
+
+fn duration(field: &str, text: &str) -> Result<Duration> {
+    humantime::parse_duration(text)
+        .with_context(|| format!("{field} = {text:?} is not a duration (try \"30days\" or \"5m\")"))
+}
+
+impl ServeConfig {
+    /// Relative paths in a config file are relative to the file's directory;
+    /// on the command line, to the working directory.
+    pub fn load(file: Option<&Path>, flags: Overrides) -> Result<Self> {
+        let (cf, base) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let cf: ConfigFile =
+                    toml::from_str(&text).with_context(|| format!("{} is not valid config", path.display()))?;
+                (cf, path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (ConfigFile::default(), PathBuf::new()),
+        };
+        let mut sources = cf.sources.iter().map(|s| SourceSpec::parse(s, &base)).collect::<Result<Vec<_>>>()?;
+        for s in &flags.sources {
+            sources.push(SourceSpec::parse(s, Path::new(""))?);
+        }
+        let retention = Retention {
+            max_age: cf.retention.max_age.as_deref().map(|t| duration("retention.max_age", t)).transpose()?,
+            max_versions_per_key: cf.retention.max_versions_per_key,
+        };
+        if retention.max_versions_per_key == Some(0) {
+            bail!("retention.max_versions_per_key must be at least 1");
+        }
+        Ok(ServeConfig {
+            data_dir: flags.data_dir.or(cf.data_dir.map(|d| base.join(d))).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            grpc_listen: flags.grpc_listen.or(cf.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC.parse().expect("valid")),
+            admin_listen: flags
+                .admin_listen
+                .or(cf.admin_listen)
+                .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid")),
+            sources,
+            retention,
+            checkpoint_every_events: cf.checkpoint.every_events.unwrap_or(10_000).max(1),
+            maintenance_interval: cf
+                .checkpoint
+                .interval
+                .as_deref()
+                .map(|t| duration("checkpoint.interval", t))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(60)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_paths_resolve_against_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keelson.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"data\"\nsources = [\"file:quickstart\"]\n[retention]\nmax_age = \"30days\"\n[checkpoint]\ninterval = \"5m\"\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.sources, vec![SourceSpec::File(dir.path().join("quickstart"))]);
+        assert_eq!(cfg.retention.max_age, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(cfg.maintenance_interval, Duration::from_secs(300));
+        let flags = Overrides {
+            data_dir: Some("elsewhere".into()),
+            sources: vec!["consul:http://127.0.0.1:8500".into()],
+            ..Default::default()
+        };
+        let cfg = ServeConfig::load(Some(&path), flags).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("elsewhere"));
+        assert_eq!(cfg.sources.len(), 2);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keelson.toml");
+        std::fs::write(&path, "data_dri = \"x\"\n").unwrap();
+        let err = format!("{:#}", ServeConfig::load(Some(&path), Overrides::default()).unwrap_err());
+        assert!(err.contains("data_dri"), "{err}");
+        std::fs::write(&path, "[retention]\nmax_age = \"forever\"\n").unwrap();
+        let err = format!("{:#}", ServeConfig::load(Some(&path), Overrides::default()).unwrap_err());
+        assert!(err.contains("retention.max_age"), "{err}");
+        assert!(SourceSpec::parse("ftp:x", Path::new("")).is_err());
+    }
+}

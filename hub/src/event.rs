@@ -1,0 +1,266 @@
+//! The domain events the log records (DESIGN.md §3).
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// Identifies one configuration object: `group/kind/namespace/name`.
+///
+/// The core Kubernetes group is the empty string and is written `core`.
+/// Cluster-scoped objects (raw Envoy resources) have an empty namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Groups of the kinds Keelson knows, so `kind/namespace/name` can stand for
+/// the full key on the command line.
+const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("VirtualService", "networking.istio.io"),
+    ("DestinationRule", "networking.istio.io"),
+    ("Gateway", "networking.istio.io"),
+    ("ServiceEntry", "networking.istio.io"),
+    ("Sidecar", "networking.istio.io"),
+    ("WorkloadEntry", "networking.istio.io"),
+    ("WorkloadGroup", "networking.istio.io"),
+    ("EnvoyFilter", "networking.istio.io"),
+    ("ProxyConfig", "networking.istio.io"),
+    ("AuthorizationPolicy", "security.istio.io"),
+    ("PeerAuthentication", "security.istio.io"),
+    ("RequestAuthentication", "security.istio.io"),
+    ("Telemetry", "telemetry.istio.io"),
+    ("WasmPlugin", "extensions.istio.io"),
+    ("Service", ""),
+    ("EndpointSlice", "discovery.k8s.io"),
+    ("Cluster", "xds.keelson.dev"),
+    ("Listener", "xds.keelson.dev"),
+    ("RouteConfiguration", "xds.keelson.dev"),
+    ("ClusterLoadAssignment", "xds.keelson.dev"),
+    ("Secret", "xds.keelson.dev"),
+];
+
+impl ResourceKey {
+    pub fn new(group: &str, kind: &str, namespace: &str, name: &str) -> Self {
+        ResourceKey { group: group.into(), kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Parses `group/kind/namespace/name` or `kind/namespace/name` (group
+    /// looked up from the kind). The name is the rest of the string, so it may
+    /// itself contain `/`. A group is recognised by a `.` or as `core`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let first = s.split('/').next().unwrap_or_default();
+        let explicit_group = first.contains('.') || first == "core";
+        let parts: Vec<&str> = s.splitn(if explicit_group { 4 } else { 3 }, '/').collect();
+        let bad = || format!("{s:?} is not a resource key: expected group/kind/namespace/name or kind/namespace/name");
+        match parts.as_slice() {
+            [group, kind, ns, name] if !kind.is_empty() && !name.is_empty() => {
+                let group = if *group == "core" { "" } else { group };
+                Ok(Self::new(group, kind, ns, name))
+            }
+            [kind, ns, name] if !kind.is_empty() && !name.is_empty() => {
+                let group = KNOWN_KINDS.iter().find(|(k, _)| k == kind).map(|(_, g)| *g).ok_or_else(|| {
+                    format!("{bad}; kind {kind:?} is not one Keelson knows, so give its group", bad = bad())
+                })?;
+                Ok(Self::new(group, kind, ns, name))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The bytes the log indexes this key by.
+    pub fn index_key(&self) -> Bytes {
+        Bytes::from(self.to_string())
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let group = if self.group.is_empty() { "core" } else { &self.group };
+        write!(f, "{group}/{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    File,
+    Kubernetes,
+    Consul,
+    Mcp,
+    Api,
+    /// Written by the hub itself (NACK audit records).
+    Hub,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::Kubernetes => "k8s",
+            SourceKind::Consul => "consul",
+            SourceKind::Mcp => "mcp",
+            SourceKind::Api => "api",
+            SourceKind::Hub => "hub",
+        }
+    }
+}
+
+/// Which source saw a change. `cluster` is multi-cluster provenance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceId {
+    pub kind: SourceKind,
+    pub name: String,
+    pub cluster: String,
+}
+
+impl SourceId {
+    pub fn new(kind: SourceKind, name: &str) -> Self {
+        SourceId { kind, name: name.into(), cluster: String::new() }
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)?;
+        if !self.cluster.is_empty() {
+            write!(f, "@{}", self.cluster)?;
+        }
+        Ok(())
+    }
+}
+
+/// An object's content: canonical JSON plus its hash. Two bodies with equal
+/// hashes are the same object, so a relist that changes nothing is free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Body {
+    json: Bytes,
+    hash: u128,
+}
+
+impl Body {
+    /// Canonical form: compact JSON with object keys sorted (serde_json's
+    /// default map is ordered), so equal objects give equal bytes.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        let json = serde_json::to_vec(value).expect("a JSON value always serializes");
+        Self::from_canonical(Bytes::from(json))
+    }
+
+    pub(crate) fn from_canonical(json: Bytes) -> Self {
+        let hash = xxhash_rust::xxh3::xxh3_128(&json);
+        Body { json, hash }
+    }
+
+    pub(crate) fn from_parts(json: Bytes, hash: u128) -> Self {
+        Body { json, hash }
+    }
+
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.json).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Upsert {
+        key: ResourceKey,
+        source_version: String,
+        body: Body,
+        location: String,
+    },
+    Delete {
+        key: ResourceKey,
+        source_version: String,
+    },
+    /// A source began its initial listing.
+    SyncStart,
+    /// A source finished its initial listing.
+    SyncDone,
+    /// A proxy rejected a version (xDS NACK), kept for audit.
+    Nack {
+        node: String,
+        type_url: String,
+        version: String,
+        error: String,
+    },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Upsert { .. } => "upsert",
+            Op::Delete { .. } => "delete",
+            Op::SyncStart => "sync_start",
+            Op::SyncDone => "sync_done",
+            Op::Nack { .. } => "nack",
+        }
+    }
+
+    pub fn key(&self) -> Option<&ResourceKey> {
+        match self {
+            Op::Upsert { key, .. } | Op::Delete { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the log as the hub sees it: an op, who made it, and the seq
+/// and time the log gave it when it became durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub at: SystemTime,
+    pub origin: SourceId,
+    pub op: Op,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_print_and_parse() {
+        let k = ResourceKey::new("networking.istio.io", "VirtualService", "default", "reviews");
+        assert_eq!(k.to_string(), "networking.istio.io/VirtualService/default/reviews");
+        assert_eq!(ResourceKey::parse(&k.to_string()).unwrap(), k);
+        assert_eq!(ResourceKey::parse("VirtualService/default/reviews").unwrap(), k);
+        let svc = ResourceKey::new("", "Service", "default", "reviews");
+        assert_eq!(svc.to_string(), "core/Service/default/reviews");
+        assert_eq!(ResourceKey::parse("core/Service/default/reviews").unwrap(), svc);
+        assert_eq!(ResourceKey::parse("Service/default/reviews").unwrap(), svc);
+    }
+
+    #[test]
+    fn cluster_scoped_names_may_hold_slashes() {
+        let k = ResourceKey::parse("xds.keelson.dev/RouteConfiguration//local/route").unwrap();
+        assert_eq!((k.namespace.as_str(), k.name.as_str()), ("", "local/route"));
+        assert_eq!(k.to_string(), "xds.keelson.dev/RouteConfiguration//local/route");
+    }
+
+    #[test]
+    fn malformed_keys_say_what_is_expected() {
+        for bad in ["", "reviews", "default/reviews", "Unknown/ns/name", "a.b/Kind/ns/"] {
+            let err = ResourceKey::parse(bad).unwrap_err();
+            assert!(err.contains("expected group/kind/namespace/name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_canonical() {
+        let a = Body::from_value(&serde_json::json!({"b": 1, "a": {"y": 2, "x": 1}}));
+        let b = Body::from_value(&serde_json::from_str(r#"{ "a": {"x":1,"y":2}, "b":1 }"#).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.json().as_ref(), br#"{"a":{"x":1,"y":2},"b":1}"#);
+        assert_ne!(a.hash(), Body::from_value(&serde_json::json!({"b": 2})).hash());
+    }
+}

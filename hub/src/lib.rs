@@ -1,0 +1,29 @@
+//! The Keelson hub: the domain model of an event-sourced config hub.
+//!
+//! Sources append [`Event`]s to the log through an [`EventStore`]; the log's
+//! sequence number is the config version; [`State`] is the log folded up to a
+//! seq, and checkpoints of it make restarts replay only the tail.
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod codec;
+pub mod event;
+pub mod state;
+pub mod store;
+
+pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
+pub use state::{Applied, ResourceEntry, State};
+pub use store::{EventStore, LogEntry, Rebuilt};
+
+/// Errors of the hub library. The binary adds context with anyhow.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Storage(#[from] keelson_storage::StorageError),
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("history before seq {first} was removed by retention and no checkpoint covers seq {requested}")]
+    Compacted { requested: u64, first: u64 },
+}

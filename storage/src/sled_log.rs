@@ -1,0 +1,306 @@
+//! [`EventLog`] on sled 0.34.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{Result, StorageError};
+use crate::frame::{self, MAX_KEY_LEN, Record, RecordKind};
+use crate::group_commit::{DurableMark, GroupCommit, MarkReading};
+use crate::retention::{self, CompactionReport, Retention};
+use crate::verify::{self, RepairReport, VerifyReport};
+use crate::{EventLog, NewRecord, RecordIter, SeqRange, keys, nanos_since_epoch};
+
+const FORMAT: &[u8] = b"keelson-log/1";
+const META_FORMAT: &[u8] = b"format";
+
+/// How to open a data directory.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Create the directory and an empty log if there is none.
+    pub create: bool,
+    /// Repair damage found on open instead of refusing: damaged or missing
+    /// records become `Lost` slots (their bytes kept in quarantine), indexes
+    /// are rebuilt, damaged checkpoints are set aside. Records that verify are
+    /// never dropped.
+    pub repair: bool,
+}
+
+pub(crate) struct AppendState {
+    pub next_seq: u64,
+    pub last_at: u64,
+}
+
+/// The event log on sled. Cheap to share behind an `Arc`.
+pub struct SledEventLog {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: sled::Db,
+    /// Records and their indexes, see [`keys`].
+    pub(crate) log: sled::Tree,
+    pub(crate) checkpoints: sled::Tree,
+    /// Raw bytes of records and checkpoints that `repair` wrote off.
+    pub(crate) quarantine: sled::Tree,
+    pub(crate) append: Mutex<AppendState>,
+    applied: AtomicU64,
+    low_water: AtomicU64,
+    commit: GroupCommit,
+    mark: DurableMark,
+    repair_report: Option<RepairReport>,
+}
+
+impl SledEventLog {
+    pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        prepare_dir(&dir, opts.create)?;
+        let engine_dir = dir.join("sled");
+        if !engine_dir.exists() && !opts.create {
+            return Err(StorageError::Io {
+                path: dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
+            });
+        }
+        // sled may panic on some damaged files instead of returning an error;
+        // a damaged store must be reported, never crash the process.
+        let db = catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(&engine_dir).open()))
+            .map_err(|_| {
+                StorageError::Engine(format!("sled panicked opening {}: the store is damaged", engine_dir.display()))
+            })?
+            .map_err(|e| StorageError::from_sled(&dir, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| StorageError::from_sled(&dir, e));
+        let (log, meta) = (tree("log")?, tree("meta")?);
+        let (checkpoints, quarantine) = (tree("checkpoints")?, tree("quarantine")?);
+        let sled_err = |e| StorageError::from_sled(&dir, e);
+
+        match meta.get(META_FORMAT).map_err(sled_err)? {
+            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) => {
+                return Err(StorageError::UnknownFormat { path: dir, found: String::from_utf8_lossy(&f).into_owned() });
+            }
+            None => {
+                meta.insert(META_FORMAT, FORMAT).map_err(sled_err)?;
+            }
+        }
+        let low_water = match log.get(keys::LOW_WATER).map_err(sled_err)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+            _ => 1,
+        };
+        let (mark, reading) = DurableMark::open(&dir)?;
+
+        let mut this = SledEventLog {
+            dir,
+            db,
+            log,
+            checkpoints,
+            quarantine,
+            append: Mutex::new(AppendState { next_seq: low_water, last_at: 0 }),
+            applied: AtomicU64::new(0),
+            low_water: AtomicU64::new(low_water),
+            commit: GroupCommit::new(0),
+            mark,
+            repair_report: None,
+        };
+        let (mut last_seq, mut last_at) = this.read_tail()?;
+        let acknowledged = match reading {
+            MarkReading::Seq(seq) => seq,
+            MarkReading::Absent => last_seq,
+            MarkReading::Damaged => {
+                tracing::warn!(dir = %this.dir.display(), "durable-seq mark is damaged; trusting the log's own tail");
+                last_seq
+            }
+        };
+        if opts.repair {
+            let report = verify::repair(&this, acknowledged)?;
+            (last_seq, last_at) = this.read_tail()?;
+            this.repair_report = Some(report);
+        } else if acknowledged > last_seq {
+            return Err(StorageError::LostAcknowledged { durable: acknowledged, found: last_seq });
+        }
+        *this.append.lock().unwrap_or_else(PoisonError::into_inner) = AppendState { next_seq: last_seq + 1, last_at };
+        this.applied.store(last_seq, Ordering::Release);
+        this.commit = GroupCommit::new(last_seq);
+        this.mark.record(last_seq)?;
+        Ok(this)
+    }
+
+    /// What `OpenOptions::repair` did, when it was set.
+    pub fn repair_report(&self) -> Option<&RepairReport> {
+        self.repair_report.as_ref()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn sled_err(&self, e: sled::Error) -> StorageError {
+        StorageError::from_sled(&self.dir, e)
+    }
+
+    /// Seq and time of the last slot, or (low_water - 1, 0) for an empty log.
+    fn read_tail(&self) -> Result<(u64, u64)> {
+        match self.log.scan_prefix([keys::LOG]).next_back() {
+            None => Ok((self.low_water.load(Ordering::Acquire) - 1, 0)),
+            Some(entry) => {
+                let (k, v) = entry.map_err(|e| self.sled_err(e))?;
+                let seq =
+                    keys::parse_log(&k).ok_or_else(|| StorageError::Engine(format!("malformed log key {k:?}")))?;
+                let at = frame::decode(seq, Bytes::from_owner(v)).map(|r| r.at_nanos).unwrap_or(0);
+                Ok((seq, at))
+            }
+        }
+    }
+
+    pub(crate) fn decode_entry(&self, seq: u64, raw: sled::IVec) -> Result<Record> {
+        frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| StorageError::Corrupt { seq, reason })
+    }
+
+    /// Records a low-water mark already written (atomically with the removals) to the tree.
+    pub(crate) fn note_low_water(&self, low_water: u64) {
+        self.low_water.store(low_water, Ordering::Release);
+    }
+
+    fn flush_covering(&self) -> Result<u64> {
+        let covered = self.applied.load(Ordering::Acquire);
+        self.db.flush().map_err(|e| self.sled_err(e))?;
+        self.mark.record(covered)?;
+        Ok(covered)
+    }
+}
+
+fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StorageError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "exists and is not a directory"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))
+        }
+        Err(e) => Err(StorageError::from_io(dir, e)),
+    }
+}
+
+impl EventLog for SledEventLog {
+    fn append(&self, batch: &[NewRecord]) -> Result<SeqRange> {
+        if let Some(r) = batch.iter().find(|r| r.key.len() > MAX_KEY_LEN) {
+            return Err(StorageError::KeyTooLong { len: r.key.len(), max: MAX_KEY_LEN });
+        }
+        let range = {
+            let mut st = self.append.lock().unwrap_or_else(PoisonError::into_inner);
+            if batch.is_empty() {
+                return Ok(SeqRange { first: st.next_seq, last: st.next_seq - 1 });
+            }
+            // Times never go backwards in the log, so seq order is time order
+            // even if the wall clock steps back.
+            let at = nanos_since_epoch(SystemTime::now()).max(st.last_at);
+            let first = st.next_seq;
+            let mut b = sled::Batch::default();
+            for (i, rec) in batch.iter().enumerate() {
+                let seq = first + i as u64;
+                b.insert(&keys::log(seq), frame::encode(seq, RecordKind::Event, at, &rec.key, &rec.payload));
+                if !rec.key.is_empty() {
+                    b.insert(keys::by_key(&rec.key, seq), &[]);
+                }
+                b.insert(&keys::by_time(at, seq), &[]);
+            }
+            self.log.apply_batch(b).map_err(|e| self.sled_err(e))?;
+            let last = first + batch.len() as u64 - 1;
+            st.next_seq = last + 1;
+            st.last_at = at;
+            self.applied.store(last, Ordering::Release);
+            SeqRange { first, last }
+        };
+        self.commit.wait_durable(range.last, || self.flush_covering())?;
+        Ok(range)
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.low_water.load(Ordering::Acquire)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn read_from(&self, from: u64) -> RecordIter<'_> {
+        let start = keys::log(from.max(1));
+        let end = keys::log(u64::MAX);
+        Box::new(self.log.range(start..=end).map(move |entry| {
+            let (k, v) = entry.map_err(|e| self.sled_err(e))?;
+            let seq = keys::parse_log(&k).ok_or_else(|| StorageError::Engine(format!("malformed log key {k:?}")))?;
+            self.decode_entry(seq, v)
+        }))
+    }
+
+    fn read_key(&self, key: &[u8]) -> RecordIter<'_> {
+        let key = Bytes::copy_from_slice(key);
+        Box::new(self.log.scan_prefix(keys::by_key_prefix(&key)).rev().map(move |entry| {
+            let (k, _) = entry.map_err(|e| self.sled_err(e))?;
+            let (_, seq) =
+                keys::parse_by_key(&k).ok_or_else(|| StorageError::Engine(format!("malformed index key {k:?}")))?;
+            let raw = self.log.get(keys::log(seq)).map_err(|e| self.sled_err(e))?.ok_or_else(|| {
+                StorageError::Corrupt { seq, reason: "key index points at a record that is not there".into() }
+            })?;
+            let rec = self.decode_entry(seq, raw)?;
+            if rec.key != key {
+                return Err(StorageError::Corrupt {
+                    seq,
+                    reason: "key index points at a record of another key".into(),
+                });
+            }
+            Ok(rec)
+        }))
+    }
+
+    fn seq_at_or_after(&self, at: SystemTime) -> Result<Option<u64>> {
+        let start = keys::by_time(nanos_since_epoch(at), 0);
+        let end = keys::by_time(u64::MAX, u64::MAX);
+        match self.log.range(start..=end).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, _) = entry.map_err(|e| self.sled_err(e))?;
+                let (_, seq) = keys::parse_by_time(&k)
+                    .ok_or_else(|| StorageError::Engine(format!("malformed time index key {k:?}")))?;
+                Ok(Some(seq))
+            }
+        }
+    }
+
+    fn write_checkpoint(&self, seq: u64, format: u32, blob: &[u8]) -> Result<()> {
+        let last = self.commit.durable();
+        if seq > last {
+            return Err(StorageError::CheckpointAhead { seq, last });
+        }
+        checkpoint::write(self, seq, format, blob)?;
+        self.flush()
+    }
+
+    fn checkpoint_at_or_before(&self, seq: u64) -> Result<Option<Checkpoint>> {
+        checkpoint::newest_at_or_before(self, seq)
+    }
+
+    fn compact(&self, policy: &Retention, now: SystemTime) -> Result<CompactionReport> {
+        let report = retention::compact(self, policy, now)?;
+        self.flush()?;
+        Ok(report)
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        verify::verify(self, self.commit.durable())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let target = self.applied.load(Ordering::Acquire);
+        // A zero target still flushes: checkpoints and metadata live outside the seq order.
+        if target == 0 || self.commit.durable() >= target {
+            self.db.flush().map_err(|e| self.sled_err(e))?;
+            return Ok(());
+        }
+        self.commit.wait_durable(target, || self.flush_covering())
+    }
+}
