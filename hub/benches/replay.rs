@@ -111,7 +111,11 @@ fn main() {
     println!("| restart: open the log only (sled recovery) | | {:.0} ms | |", t.elapsed().as_secs_f64() * 1e3);
     let t = Instant::now();
     let cp = store.log().checkpoint_at_or_before(u64::MAX).unwrap().unwrap();
-    println!("| checkpoint read from the log (chunks + CRCs) | {:.1} MB | {:.0} ms | |", cp.blob.len() as f64 / 1e6, t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "| checkpoint read from the log (chunks + CRCs) | {:.1} MB | {:.0} ms | |",
+        cp.blob.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let t = Instant::now();
     let decoded = checkpoint::decode(cp.format, &cp.blob).unwrap();
     println!(

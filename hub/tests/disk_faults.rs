@@ -1,8 +1,8 @@
 //! A full disk and a read-only data dir: clear errors, non-zero exits, no
 //! panics, and nothing acknowledged is lost.
 //!
-//! Uses real filesystems: a small tmpfs that fills up (ENOSPC) and one
-//! remounted read-only (EROFS). Mounting needs root, which the test machines
+//! Uses real filesystems: a small tmpfs that fills up (ENOSPC) and a
+//! read-only bind mount (EROFS). Mounting needs root, which the test machines
 //! and CI have.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +17,21 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// A read-only bind mount of `src`. Changing only the bind's flags (not the
+    /// filesystem's) works even while sled's threads still hold files open.
+    fn bind_read_only(src: &Path) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro");
+        std::fs::create_dir(&path).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("mount").args(args).arg(&path).output().unwrap();
+            assert!(out.status.success(), "mount {args:?} needs root: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["--bind", src.to_str().unwrap()]);
+        run(&["-o", "remount,bind,ro"]);
+        Tmpfs { path, _dir: dir }
+    }
+
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mnt");
@@ -109,10 +124,10 @@ fn write_small_store(dir: &Path) {
 
 #[test]
 fn a_read_only_data_dir_is_a_clear_error() {
-    let fs = Tmpfs::mount("16m");
+    let src = tempfile::tempdir().unwrap();
+    write_small_store(&src.path().join("data"));
+    let fs = Tmpfs::bind_read_only(src.path());
     let data = fs.path.join("data");
-    write_small_store(&data);
-    fs.remount("ro");
     let d = data.to_str().unwrap();
     for args in [vec!["serve", "--data-dir", d], vec!["verify", "--data-dir", d], vec!["log", "--data-dir", d]] {
         let out = keelson(&args);

@@ -17,10 +17,7 @@ use crate::verify::{self, RepairReport, VerifyReport};
 use crate::{EventLog, NewRecord, RecordIter, SeqRange, keys, nanos_since_epoch};
 
 const FORMAT: &[u8] = b"keelson-log/1";
-/// sled replays its own log since its last internal snapshot on open; the
-/// default (1M ops, ~3 ops per record) made the first open after a large
-/// write take seconds. Measured in docs/benchmarks.md.
-const SNAPSHOT_AFTER_OPS: u64 = 100_000;
+
 const META_FORMAT: &[u8] = b"format";
 
 /// How to open a data directory.
@@ -71,7 +68,7 @@ impl SledEventLog {
         // sled may panic on some damaged files instead of returning an error;
         // a damaged store must be reported, never crash the process.
         let db = catch_unwind(AssertUnwindSafe(|| {
-            sled::Config::new().path(&engine_dir).mode(sled::Mode::HighThroughput).snapshot_after_ops(SNAPSHOT_AFTER_OPS).open()
+            sled::Config::new().path(&engine_dir).mode(sled::Mode::HighThroughput).open()
         }))
         .map_err(|_| {
             StorageError::Engine(format!("sled panicked opening {}: the store is damaged", engine_dir.display()))

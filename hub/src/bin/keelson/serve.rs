@@ -21,6 +21,10 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
 }
 
 async fn serve(cfg: ServeConfig) -> Result<()> {
+    // Before anything else: a stop requested during startup (a long replay)
+    // is queued and honoured gracefully, not met with the default kill.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let store = EventStore::open(&cfg.data_dir, OpenOptions { create: true, repair: false })
         .with_context(|| format!("cannot open the event log in {}", cfg.data_dir.display()))?;
     let started = Instant::now();
@@ -47,8 +51,6 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     tracing::info!(grpc = %cfg.grpc_listen, admin = %cfg.admin_listen, "serving");
 
     let mut checkpointed = rebuilt.from_checkpoint;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
     tick.tick().await; // the first tick is immediate
     loop {
