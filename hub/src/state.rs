@@ -34,33 +34,28 @@ pub struct State {
 }
 
 impl State {
-    /// Applies one event. Events must come in seq order.
-    pub fn apply(&mut self, ev: &Event) -> Applied {
+    /// Applies one event, taking it by value so replay moves keys and bodies
+    /// into the map instead of cloning them. Events must come in seq order.
+    pub fn apply(&mut self, ev: Event) -> Applied {
         debug_assert!(ev.seq > self.seq, "event {} applied after {}", ev.seq, self.seq);
         self.seq = ev.seq;
-        match &ev.op {
+        match ev.op {
             Op::Upsert { key, source_version, body, location } => {
-                let entry = ResourceEntry {
-                    version: ev.seq,
-                    body: body.clone(),
-                    origin: ev.origin.clone(),
-                    source_version: source_version.clone(),
-                    location: location.clone(),
-                };
-                match self.resources.get_mut(key) {
+                let entry = ResourceEntry { version: ev.seq, body, origin: ev.origin, source_version, location };
+                match self.resources.get_mut(&key) {
                     // Same content: the version does not move, so a relist is free.
-                    Some(old) if old.body.hash() == body.hash() => Applied::Unchanged,
+                    Some(old) if old.body.hash() == entry.body.hash() => Applied::Unchanged,
                     Some(old) => {
                         *old = entry;
                         Applied::Updated
                     }
                     None => {
-                        self.resources.insert(key.clone(), entry);
+                        self.resources.insert(key, entry);
                         Applied::Created
                     }
                 }
             }
-            Op::Delete { key, .. } => match self.resources.remove(key) {
+            Op::Delete { key, .. } => match self.resources.remove(&key) {
                 Some(_) => Applied::Deleted,
                 None => Applied::Unchanged,
             },
@@ -96,15 +91,15 @@ mod tests {
     #[test]
     fn identical_reupsert_keeps_the_version() {
         let mut s = State::default();
-        assert_eq!(s.apply(&ev(1, upsert("a", 1))), Applied::Created);
-        assert_eq!(s.apply(&ev(2, upsert("a", 1))), Applied::Unchanged);
+        assert_eq!(s.apply(ev(1, upsert("a", 1))), Applied::Created);
+        assert_eq!(s.apply(ev(2, upsert("a", 1))), Applied::Unchanged);
         let key = ResourceKey::new("", "Service", "default", "a");
         assert_eq!(s.resources[&key].version, 1);
-        assert_eq!(s.apply(&ev(3, upsert("a", 2))), Applied::Updated);
+        assert_eq!(s.apply(ev(3, upsert("a", 2))), Applied::Updated);
         assert_eq!(s.resources[&key].version, 3);
         assert_eq!(s.seq, 3);
-        assert_eq!(s.apply(&ev(4, Op::Delete { key: key.clone(), source_version: String::new() })), Applied::Deleted);
-        assert_eq!(s.apply(&ev(5, Op::Delete { key, source_version: String::new() })), Applied::Unchanged);
+        assert_eq!(s.apply(ev(4, Op::Delete { key: key.clone(), source_version: String::new() })), Applied::Deleted);
+        assert_eq!(s.apply(ev(5, Op::Delete { key, source_version: String::new() })), Applied::Unchanged);
         assert!(s.resources.is_empty());
     }
 }

@@ -104,7 +104,7 @@ impl EventStore {
             }
             match entry {
                 LogEntry::Event(ev) => {
-                    state.apply(&ev);
+                    state.apply(ev);
                 }
                 LogEntry::Gap { seq, .. } => {
                     gaps.push(seq);

@@ -23,6 +23,16 @@ fn log_key(seq: u64) -> Vec<u8> {
     [&[b'L'][..], &seq.to_be_bytes()].concat()
 }
 
+/// Flips bits of one byte of record `seq` in place; `pos` picks the byte from the frame length.
+fn flip_record_byte(dir: &std::path::Path, seq: u64, pos: impl FnOnce(usize) -> usize, mask: u8) {
+    with_raw_tree(dir, |t| {
+        let mut v = t.get(log_key(seq)).unwrap().unwrap().to_vec();
+        let at = pos(v.len());
+        v[at] ^= mask;
+        t.insert(log_key(seq), v).unwrap();
+    });
+}
+
 fn open(dir: &std::path::Path, repair: bool) -> keelson_storage::Result<SledEventLog> {
     SledEventLog::open(dir, OpenOptions { create: false, repair })
 }
@@ -31,12 +41,7 @@ fn open(dir: &std::path::Path, repair: bool) -> keelson_storage::Result<SledEven
 fn a_flipped_byte_is_named_by_verify_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), 20);
-    with_raw_tree(dir.path(), |t| {
-        let mut v = t.get(log_key(7)).unwrap().unwrap().to_vec();
-        let last = v.len() - 1;
-        v[last] ^= 0x01;
-        t.insert(log_key(7), v).unwrap();
-    });
+    flip_record_byte(dir.path(), 7, |len| len - 1, 0x01);
     let log = open(dir.path(), false).unwrap();
     let report = log.verify().unwrap();
     assert!(!report.is_ok());
@@ -55,11 +60,7 @@ fn a_flipped_byte_is_named_by_verify_and_never_served() {
 fn repair_writes_off_only_the_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), 20);
-    with_raw_tree(dir.path(), |t| {
-        let mut v = t.get(log_key(7)).unwrap().unwrap().to_vec();
-        v[20] ^= 0xff;
-        t.insert(log_key(7), v).unwrap();
-    });
+    flip_record_byte(dir.path(), 7, |_| 20, 0xff);
     let log = open(dir.path(), true).unwrap();
     assert_eq!(log.repair_report().unwrap().lost, vec![(7, 7)]);
     let report = log.verify().unwrap();
