@@ -7,13 +7,15 @@
 //! ```text
 //! 'L' seq                       -> record frame
 //! 'K' keylen(u16) key seq       -> ()       all versions of a key, by seq
-//! 'T' at_nanos seq              -> ()       first seq at or after a time
 //! 'W'                           -> seq      low-water mark: lowest seq held
 //! ```
+//!
+//! There is no time index: append times never decrease along seqs, so a
+//! binary search over records finds the first seq at or after a time in
+//! O(log n) reads, and every append writes one entry less.
 
 pub const LOG: u8 = b'L';
 pub const BY_KEY: u8 = b'K';
-pub const BY_TIME: u8 = b'T';
 pub const LOW_WATER: &[u8] = b"W";
 
 pub fn log(seq: u64) -> [u8; 9] {
@@ -54,23 +56,6 @@ pub fn parse_by_key(k: &[u8]) -> Option<(&[u8], u64)> {
     })
 }
 
-pub fn by_time(at_nanos: u64, seq: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = BY_TIME;
-    k[1..9].copy_from_slice(&at_nanos.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub fn parse_by_time(k: &[u8]) -> Option<(u64, u64)> {
-    (k.len() == 17 && k[0] == BY_TIME).then(|| {
-        (
-            u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")),
-            u64::from_be_bytes(k[9..].try_into().expect("8 bytes")),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +65,6 @@ mod tests {
         assert_eq!(parse_log(&log(42)), Some(42));
         let k = by_key(b"a/b/c/d", 9);
         assert_eq!(parse_by_key(&k), Some((&b"a/b/c/d"[..], 9)));
-        assert_eq!(parse_by_time(&by_time(5, 6)), Some((5, 6)));
     }
 
     #[test]
@@ -93,6 +77,5 @@ mod tests {
     #[test]
     fn big_endian_keys_sort_by_seq() {
         assert!(log(255) < log(256));
-        assert!(by_time(1, u64::MAX) < by_time(2, 0));
     }
 }

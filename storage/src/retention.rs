@@ -67,11 +67,8 @@ fn remove_prefix(log: &SledEventLog, horizon: u64, cutoff: u64) -> Result<u64> {
                 break;
             }
             batch.remove(&keys::log(rec.seq));
-            if rec.kind == RecordKind::Event {
-                if !rec.key.is_empty() {
-                    batch.remove(keys::by_key(&rec.key, rec.seq));
-                }
-                batch.remove(&keys::by_time(rec.at_nanos, rec.seq));
+            if rec.kind == RecordKind::Event && !rec.key.is_empty() {
+                batch.remove(keys::by_key(&rec.key, rec.seq));
             }
             next_low = Some(rec.seq + 1);
             n += 1;
@@ -108,7 +105,6 @@ fn compact_versions(log: &SledEventLog, horizon: u64, keep: usize) -> Result<u64
                     let rec = log.decode_entry(seq, raw)?;
                     batch.insert(&keys::log(seq), frame::encode(seq, RecordKind::Compacted, rec.at_nanos, b"", b""));
                     batch.remove(keys::by_key(key, seq));
-                    batch.remove(&keys::by_time(rec.at_nanos, seq));
                     *pending += 1;
                     compacted += 1;
                 }

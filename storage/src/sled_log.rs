@@ -157,6 +157,15 @@ impl SledEventLog {
         }
     }
 
+    fn slot_time(&self, seq: u64) -> Result<u64> {
+        let raw = self
+            .log
+            .get(keys::log(seq))
+            .map_err(|e| self.sled_err(e))?
+            .ok_or_else(|| StorageError::Corrupt { seq, reason: "missing from the log".into() })?;
+        Ok(self.decode_entry(seq, raw)?.at_nanos)
+    }
+
     pub(crate) fn decode_entry(&self, seq: u64, raw: sled::IVec) -> Result<Record> {
         frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| StorageError::Corrupt { seq, reason })
     }
@@ -209,7 +218,6 @@ impl EventLog for SledEventLog {
                 if !rec.key.is_empty() {
                     b.insert(keys::by_key(&rec.key, seq), &[]);
                 }
-                b.insert(&keys::by_time(at, seq), &[]);
             }
             self.log.apply_batch(b).map_err(|e| self.sled_err(e))?;
             let last = first + batch.len() as u64 - 1;
@@ -261,17 +269,20 @@ impl EventLog for SledEventLog {
     }
 
     fn seq_at_or_after(&self, at: SystemTime) -> Result<Option<u64>> {
-        let start = keys::by_time(nanos_since_epoch(at), 0);
-        let end = keys::by_time(u64::MAX, u64::MAX);
-        match self.log.range(start..=end).next() {
-            None => Ok(None),
-            Some(entry) => {
-                let (k, _) = entry.map_err(|e| self.sled_err(e))?;
-                let (_, seq) = keys::parse_by_time(&k)
-                    .ok_or_else(|| StorageError::Engine(format!("malformed time index key {k:?}")))?;
-                Ok(Some(seq))
+        // Binary search: slot times never decrease along seqs (gap slots keep theirs).
+        let target = nanos_since_epoch(at);
+        let (mut lo, mut hi) = (self.first_seq(), self.last_seq());
+        let mut found = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.slot_time(mid)? >= target {
+                found = Some(mid);
+                hi = mid - 1; // mid >= first_seq >= 1
+            } else {
+                lo = mid + 1;
             }
         }
+        Ok(found)
     }
 
     fn write_checkpoint(&self, seq: u64, format: u32, blob: &[u8]) -> Result<()> {

@@ -43,7 +43,6 @@ pub struct VerifyReport {
     pub compacted: u64,
     pub lost: u64,
     pub key_index_entries: u64,
-    pub time_index_entries: u64,
     /// Seqs of the checkpoints that verified.
     pub checkpoints: Vec<u64>,
     /// Problems in the order found; details stop after [`MAX_DETAILS`].
@@ -95,7 +94,7 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
     let mut r = VerifyReport { first_seq: log.first_seq(), acknowledged_seq: acknowledged, ..Default::default() };
     let mut expected = r.first_seq;
     let mut prev_at = 0;
-    let (mut keyed, mut timed) = (0u64, 0u64);
+    let mut keyed = 0u64;
     for entry in log.log.scan_prefix([keys::LOG]) {
         let (k, v) = entry.map_err(|e| log.sled_err(e))?;
         let Some(seq) = keys::parse_log(&k) else {
@@ -117,7 +116,6 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
                 match rec.kind {
                     RecordKind::Event => {
                         r.events += 1;
-                        timed += 1;
                         keyed += u64::from(!rec.key.is_empty());
                     }
                     RecordKind::Compacted => r.compacted += 1,
@@ -132,7 +130,7 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
             format!("seqs {}..={acknowledged} were acknowledged as durable but are not in the log", r.last_seq + 1);
         r.found(Some(r.last_seq + 1), what);
     }
-    check_indexes(log, &mut r, keyed, timed)?;
+    check_indexes(log, &mut r, keyed)?;
     for seq in checkpoint::list(log)? {
         match checkpoint::load(log, seq)? {
             Err(reason) => r.found(Some(seq), format!("checkpoint: {reason}")),
@@ -143,9 +141,9 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
     Ok(r)
 }
 
-/// Every index entry must point at an intact event of the same key and time,
-/// and there must be exactly one entry per event: together that is a bijection.
-fn check_indexes(log: &SledEventLog, r: &mut VerifyReport, keyed: u64, timed: u64) -> Result<()> {
+/// Every key index entry must point at an intact event of the same key, and
+/// there must be exactly one entry per keyed event: together a bijection.
+fn check_indexes(log: &SledEventLog, r: &mut VerifyReport, keyed: u64) -> Result<()> {
     let record = |seq: u64| -> Result<Option<frame::Record>> {
         Ok(match log.log.get(keys::log(seq)).map_err(|e| log.sled_err(e))? {
             None => None,
@@ -163,18 +161,7 @@ fn check_indexes(log: &SledEventLog, r: &mut VerifyReport, keyed: u64, timed: u6
             },
         }
     }
-    for entry in log.log.scan_prefix([keys::BY_TIME]) {
-        let (k, _) = entry.map_err(|e| log.sled_err(e))?;
-        r.time_index_entries += 1;
-        match keys::parse_by_time(&k) {
-            None => r.found(None, format!("malformed time index entry {k:?}")),
-            Some((at, seq)) => match record(seq)? {
-                Some(rec) if rec.kind == RecordKind::Event && rec.at_nanos == at => {}
-                _ => r.found(Some(seq), "time index entry has no matching intact event"),
-            },
-        }
-    }
-    if r.key_index_entries != keyed || r.time_index_entries != timed {
+    if r.key_index_entries != keyed {
         // Find which events lack an entry; only paid for when counts disagree.
         for rec in log.read_from(r.first_seq).filter_map(|rec| rec.ok()) {
             if rec.kind != RecordKind::Event {
@@ -183,9 +170,6 @@ fn check_indexes(log: &SledEventLog, r: &mut VerifyReport, keyed: u64, timed: u6
             let has = |k: &[u8]| log.log.contains_key(k).map_err(|e| log.sled_err(e));
             if !rec.key.is_empty() && !has(&keys::by_key(&rec.key, rec.seq))? {
                 r.found(Some(rec.seq), "event is missing from the key index");
-            }
-            if !has(&keys::by_time(rec.at_nanos, rec.seq))? {
-                r.found(Some(rec.seq), "event is missing from the time index");
             }
         }
     }
@@ -251,13 +235,11 @@ fn quarantine(log: &SledEventLog, kind: &[u8], id: &[u8], raw: &[u8]) -> Result<
 
 /// Drops every index entry and writes them anew from the intact events.
 fn rebuild_indexes(log: &SledEventLog) -> Result<u64> {
-    for prefix in [keys::BY_KEY, keys::BY_TIME] {
-        let mut batch = sled::Batch::default();
-        for k in log.log.scan_prefix([prefix]).keys() {
-            batch.remove(k.map_err(|e| log.sled_err(e))?);
-        }
-        log.log.apply_batch(batch).map_err(|e| log.sled_err(e))?;
+    let mut batch = sled::Batch::default();
+    for k in log.log.scan_prefix([keys::BY_KEY]).keys() {
+        batch.remove(k.map_err(|e| log.sled_err(e))?);
     }
+    log.log.apply_batch(batch).map_err(|e| log.sled_err(e))?;
     let mut entries = 0;
     let mut pending = 0;
     let mut batch = sled::Batch::default();
@@ -265,14 +247,10 @@ fn rebuild_indexes(log: &SledEventLog) -> Result<u64> {
         let (k, v) = entry.map_err(|e| log.sled_err(e))?;
         let Some(seq) = keys::parse_log(&k) else { continue };
         let rec = frame::decode(seq, Bytes::from_owner(v)).map_err(|reason| StorageError::Corrupt { seq, reason })?;
-        if rec.kind != RecordKind::Event {
+        if rec.kind != RecordKind::Event || rec.key.is_empty() {
             continue;
         }
-        if !rec.key.is_empty() {
-            batch.insert(keys::by_key(&rec.key, seq), &[]);
-            entries += 1;
-        }
-        batch.insert(&keys::by_time(rec.at_nanos, seq), &[]);
+        batch.insert(keys::by_key(&rec.key, seq), &[]);
         entries += 1;
         pending += 1;
         if pending >= 10_000 {

@@ -142,6 +142,8 @@ fn retention_by_age_removes_a_prefix_up_to_the_checkpoint_only() {
     }
     let log = open(dir.path());
     assert_eq!((log.first_seq(), log.last_seq()), (7, 10));
+    // Time lookup starts at the low-water mark.
+    assert_eq!(log.seq_at_or_after(SystemTime::UNIX_EPOCH).unwrap(), Some(7));
     assert!(log.verify().unwrap().is_ok(), "{:?}", log.verify().unwrap().damage);
     assert_eq!(log.append(&[rec("k", "11")]).unwrap().first, 11);
 }
