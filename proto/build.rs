@@ -1,7 +1,10 @@
 //! Compiles the project's own .proto files with protox (pure Rust: no system
-//! `protoc` is needed) and generates prost types for them.
+//! `protoc` is needed) and generates prost types for them; and builds a
+//! descriptor set of the Envoy resource types from the `.proto` sources that
+//! the envoy-types crate ships, for proto3-JSON transcoding at run time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const PROTOS: &[&str] = &[
     "keelson/log/v1/event.proto",
@@ -10,7 +13,54 @@ const PROTOS: &[&str] = &[
     "istio/mcp/v1alpha1/resource.proto",
 ];
 
+/// Envoy types users may write in config files, directly or inside a typed
+/// `Any`. Every type they reference is compiled in with them; an `@type` that
+/// is not here fails transcoding with a clear error (docs/config.md lists it).
+const ENVOY_ROOTS: &[&str] = &[
+    "envoy/config/cluster/v3/cluster.proto",
+    "envoy/config/listener/v3/listener.proto",
+    "envoy/config/route/v3/route.proto",
+    "envoy/config/endpoint/v3/endpoint.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    "envoy/extensions/filters/http/router/v3/router.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/service/discovery/v3/discovery.proto",
+];
+
+const ENVOY_INCLUDES: &[&str] =
+    &["data-plane-api", "xds", "googleapis", "protoc-gen-validate", "cel-spec", "opentelemetry-proto", "client_model"];
+
+/// The envoy-types package directory, from `cargo metadata`.
+fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let cargo = std::env::var("CARGO")?;
+    let manifest = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", &std::env::var("TARGET")?])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pkg = meta["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "envoy-types"))
+        .ok_or("envoy-types is not among the resolved packages")?;
+    let manifest_path = pkg["manifest_path"].as_str().ok_or("envoy-types has no manifest_path")?;
+    Ok(Path::new(manifest_path).parent().ok_or("manifest has no parent")?.to_path_buf())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let envoy = envoy_types_dir()?.join("proto");
+    let includes: Vec<PathBuf> = ENVOY_INCLUDES.iter().map(|d| envoy.join(d)).collect();
+    let envoy_fds = protox::compile(ENVOY_ROOTS, &includes)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("envoy_descriptor_set.bin"), prost::Message::encode_to_vec(&envoy_fds))?;
+
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());

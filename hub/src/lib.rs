@@ -7,7 +7,10 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod envoy;
 pub mod event;
+pub mod kinds;
+pub mod object;
 pub mod state;
 pub mod store;
 

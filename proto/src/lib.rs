@@ -18,6 +18,15 @@ pub mod mcp {
     include!(concat!(env!("OUT_DIR"), "/istio.mcp.v1alpha1.rs"));
 }
 
+/// Descriptors of the Envoy resource types (and everything they reference),
+/// compiled at build time from the `.proto` sources envoy-types ships. Used
+/// to transcode the proto3 JSON users write into protobuf, and back.
+pub fn envoy_descriptors() -> &'static prost_reflect::DescriptorPool {
+    static SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"));
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(SET).expect("descriptor set built by build.rs decodes"))
+}
+
 /// Pre-encoded xDS responses, `keelson.xds.v1`.
 pub mod xds {
     include!(concat!(env!("OUT_DIR"), "/keelson.xds.v1.rs"));
@@ -49,6 +58,22 @@ mod tests {
         assert_eq!(decoded.nonce, "7");
         assert_eq!(decoded.type_url, any.type_url);
         assert_eq!(decoded.resources, vec![any]);
+    }
+
+    #[test]
+    fn envoy_descriptors_hold_the_resource_types() {
+        let pool = envoy_descriptors();
+        for name in [
+            "envoy.config.cluster.v3.Cluster",
+            "envoy.config.listener.v3.Listener",
+            "envoy.config.route.v3.RouteConfiguration",
+            "envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "envoy.extensions.transport_sockets.tls.v3.Secret",
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "envoy.extensions.filters.http.router.v3.Router",
+        ] {
+            assert!(pool.get_message_by_name(name).is_some(), "{name} missing");
+        }
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! The kinds of object Keelson accepts, and what each needs.
+
+/// How an object of a kind is checked and encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// A raw Envoy resource: `spec` is the message in proto3 JSON.
+    /// `name_field` is the message field that holds the resource name.
+    Envoy { message: &'static str, name_field: &'static str },
+    /// An Istio config object: `spec` must be an object holding `required` fields.
+    Istio { required: &'static [&'static str] },
+    /// A Kubernetes object carried for service discovery.
+    Kubernetes { required: &'static [&'static str] },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KindInfo {
+    pub group: &'static str,
+    pub kind: &'static str,
+    /// Cluster-scoped kinds (raw Envoy resources) have an empty namespace.
+    pub namespaced: bool,
+    pub encoding: Encoding,
+}
+
+impl KindInfo {
+    /// `type.googleapis.com/<message>` for Envoy kinds.
+    pub fn type_url(&self) -> Option<String> {
+        match self.encoding {
+            Encoding::Envoy { message, .. } => Some(format!("type.googleapis.com/{message}")),
+            _ => None,
+        }
+    }
+}
+
+pub const ENVOY_GROUP: &str = "xds.keelson.dev";
+
+const fn envoy(kind: &'static str, message: &'static str, name_field: &'static str) -> KindInfo {
+    KindInfo { group: ENVOY_GROUP, kind, namespaced: false, encoding: Encoding::Envoy { message, name_field } }
+}
+
+const fn istio(group: &'static str, kind: &'static str, required: &'static [&'static str]) -> KindInfo {
+    KindInfo { group, kind, namespaced: true, encoding: Encoding::Istio { required } }
+}
+
+/// Every kind Keelson knows. Required Istio fields follow what istiod's own
+/// validation insists on for a usable object.
+pub const KINDS: &[KindInfo] = &[
+    envoy("Cluster", "envoy.config.cluster.v3.Cluster", "name"),
+    envoy("Listener", "envoy.config.listener.v3.Listener", "name"),
+    envoy("RouteConfiguration", "envoy.config.route.v3.RouteConfiguration", "name"),
+    envoy("ClusterLoadAssignment", "envoy.config.endpoint.v3.ClusterLoadAssignment", "cluster_name"),
+    envoy("Secret", "envoy.extensions.transport_sockets.tls.v3.Secret", "name"),
+    istio("networking.istio.io", "VirtualService", &["hosts"]),
+    istio("networking.istio.io", "DestinationRule", &["host"]),
+    istio("networking.istio.io", "Gateway", &["servers"]),
+    istio("networking.istio.io", "ServiceEntry", &["hosts"]),
+    istio("networking.istio.io", "Sidecar", &[]),
+    istio("networking.istio.io", "WorkloadEntry", &[]),
+    istio("networking.istio.io", "WorkloadGroup", &["template"]),
+    istio("networking.istio.io", "EnvoyFilter", &[]),
+    istio("networking.istio.io", "ProxyConfig", &[]),
+    istio("security.istio.io", "AuthorizationPolicy", &[]),
+    istio("security.istio.io", "PeerAuthentication", &[]),
+    istio("security.istio.io", "RequestAuthentication", &[]),
+    istio("telemetry.istio.io", "Telemetry", &[]),
+    istio("extensions.istio.io", "WasmPlugin", &["url"]),
+    KindInfo { group: "", kind: "Service", namespaced: true, encoding: Encoding::Kubernetes { required: &["spec"] } },
+    KindInfo {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        namespaced: true,
+        encoding: Encoding::Kubernetes { required: &["addressType", "endpoints"] },
+    },
+];
+
+pub fn lookup(group: &str, kind: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.group == group && k.kind == kind)
+}
+
+/// The group of a kind name, when exactly one known group has it.
+pub fn group_of(kind: &str) -> Option<&'static str> {
+    let mut groups = KINDS.iter().filter(|k| k.kind == kind).map(|k| k.group);
+    let first = groups.next()?;
+    groups.next().is_none().then_some(first)
+}

@@ -1,0 +1,206 @@
+//! Kubernetes-style config objects: parse, validate, canonicalize.
+//!
+//! Every source hands objects through [`parse_object`] before anything is
+//! appended, so the log only ever holds objects that validated. The file
+//! source, the API source and `keelson validate` share it.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::envoy;
+use crate::event::{Body, ResourceKey};
+use crate::kinds::{self, Encoding, KindInfo};
+
+/// An object that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidObject {
+    pub key: ResourceKey,
+    pub body: Body,
+}
+
+/// Metadata fields kept in the canonical body; the rest (resourceVersion,
+/// uid, managedFields, timestamps…) changes without the config changing.
+const KEPT_METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
+
+/// Validates one object and returns its key and canonical body. The error
+/// says what is wrong in terms of the object's own fields.
+pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
+    let obj = value.as_object().ok_or("a config object must be a mapping")?;
+    let api_version = str_field(obj, "apiVersion")?;
+    let kind = str_field(obj, "kind")?;
+    let group = match api_version.rsplit_once('/') {
+        Some((group, _version)) => group,
+        None => "", // "v1": the core group
+    };
+    let info = kinds::lookup(group, kind)
+        .ok_or_else(|| format!("unknown kind {kind} in apiVersion {api_version} (Keelson knows: {})", known_kinds()))?;
+    let meta = match obj.get("metadata") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("metadata must be a mapping".into()),
+    };
+    let meta_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    let namespace = match (info.namespaced, meta.get("namespace").and_then(Value::as_str)) {
+        (true, Some(ns)) if !ns.is_empty() => ns.to_string(),
+        (true, _) => "default".to_string(),
+        (false, Some(ns)) if !ns.is_empty() => {
+            return Err(format!("{kind} is cluster-scoped: remove metadata.namespace ({ns:?})"));
+        }
+        (false, _) => String::new(),
+    };
+    let name = match info.encoding {
+        Encoding::Envoy { message, name_field } => check_envoy(obj, message, name_field, meta_name)?,
+        Encoding::Istio { required } => {
+            let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
+            require(spec, required, "spec.")?;
+            meta_name.to_string()
+        }
+        Encoding::Kubernetes { required } => {
+            require(obj, required, "")?;
+            meta_name.to_string()
+        }
+    };
+    if name.is_empty() {
+        return Err("metadata.name is required".into());
+    }
+    let mut canonical = obj.clone();
+    let mut kept: Map<String, Value> = meta.into_iter().filter(|(k, _)| KEPT_METADATA.contains(&k.as_str())).collect();
+    kept.insert("name".into(), Value::String(name.clone()));
+    if info.namespaced {
+        kept.insert("namespace".into(), Value::String(namespace.clone()));
+    }
+    canonical.insert("metadata".into(), Value::Object(kept));
+    canonical.remove("status");
+    let key = ResourceKey::new(info.group, info.kind, &namespace, &name);
+    Ok(ValidObject { key, body: Body::from_value(&Value::Object(canonical)) })
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(format!("{field} must be a non-empty string")),
+        None => Err(format!("{field} is required")),
+    }
+}
+
+fn require(obj: &Map<String, Value>, fields: &[&str], prefix: &str) -> Result<(), String> {
+    for f in fields {
+        match obj.get(*f) {
+            None | Some(Value::Null) => return Err(format!("{prefix}{f} is required")),
+            Some(Value::Array(a)) if a.is_empty() => return Err(format!("{prefix}{f} must not be empty")),
+            Some(Value::String(s)) if s.is_empty() => return Err(format!("{prefix}{f} must not be empty")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Transcodes the spec (so a bad field is caught now, not by every Envoy) and
+/// settles the resource name: from the spec, or from metadata.name when the
+/// spec leaves it out; both given must agree.
+fn check_envoy(obj: &Map<String, Value>, message: &str, name_field: &str, meta_name: &str) -> Result<String, String> {
+    let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
+    let spec_name = spec.get(name_field).and_then(Value::as_str).unwrap_or_default();
+    let name = match (meta_name, spec_name) {
+        ("", "") => return Err(format!("spec.{name_field} (or metadata.name) is required")),
+        (m, "") => m,
+        ("", s) => s,
+        (m, s) if m == s => s,
+        (m, s) => return Err(format!("metadata.name {m:?} and spec.{name_field} {s:?} differ")),
+    };
+    let mut spec = spec.clone();
+    spec.insert(name_field.to_string(), Value::String(name.to_string()));
+    envoy::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
+    Ok(name.to_string())
+}
+
+fn known_kinds() -> String {
+    kinds::KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+}
+
+/// The wire form of an object for the sinks: for Envoy kinds, its
+/// `google.protobuf.Any`, canonically encoded. Other kinds get their
+/// protobuf encoding with the MCP sink.
+pub fn encode_resource(info: &KindInfo, body: &Body) -> Option<Result<Bytes, String>> {
+    let Encoding::Envoy { message, name_field } = info.encoding else { return None };
+    let value = body.to_value();
+    let mut spec = value.get("spec").and_then(Value::as_object).cloned().unwrap_or_default();
+    if let Some(name) = value.pointer("/metadata/name") {
+        spec.insert(name_field.to_string(), name.clone());
+    }
+    Some(
+        envoy::encode_json(message, &Value::Object(spec))
+            .map(|bytes| envoy::encode_any(&info.type_url().expect("envoy kind"), &bytes))
+            .map_err(|e| e.to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn istio_object_gets_default_namespace_and_loses_noise() {
+        let v = json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "r", "resourceVersion": "77", "uid": "x" },
+            "spec": { "hosts": ["r"] }, "status": { "x": 1 } });
+        let o = parse_object(&v).unwrap();
+        assert_eq!(o.key.to_string(), "networking.istio.io/VirtualService/default/r");
+        let body = o.body.to_value();
+        assert_eq!(body["metadata"], json!({ "name": "r", "namespace": "default" }));
+        assert!(body.get("status").is_none());
+        // A relist with another resourceVersion is the same body.
+        let mut again = v.clone();
+        again["metadata"]["resourceVersion"] = json!("78");
+        assert_eq!(parse_object(&again).unwrap().body, o.body);
+    }
+
+    #[test]
+    fn envoy_object_is_cluster_scoped_and_named_from_its_spec() {
+        let v = json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "ClusterLoadAssignment",
+            "spec": { "cluster_name": "reviews", "endpoints": [] } });
+        let o = parse_object(&v).unwrap();
+        assert_eq!(o.key.to_string(), "xds.keelson.dev/ClusterLoadAssignment//reviews");
+        let info = kinds::lookup("xds.keelson.dev", "ClusterLoadAssignment").unwrap();
+        let any = encode_resource(info, &o.body).unwrap().unwrap();
+        let any = <prost_types::Any as prost::Message>::decode(any.as_ref()).unwrap();
+        assert_eq!(any.type_url, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
+    }
+
+    #[test]
+    fn errors_say_which_field() {
+        let cases = [
+            (json!({ "kind": "VirtualService" }), "apiVersion is required"),
+            (json!({ "apiVersion": "v9", "kind": "Gizmo", "metadata": { "name": "g" } }), "unknown kind Gizmo"),
+            (
+                json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": { "name": "r" }, "spec": {} }),
+                "spec.hosts is required",
+            ),
+            (
+                json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "spec": { "hosts": ["a"] } }),
+                "metadata.name is required",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "name": "a" }, "spec": { "name": "b" } }),
+                "differ",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "spec": { "name": "a", "lb_policy": "SOMETIMES" } }),
+                "lb_policy",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "namespace": "x" }, "spec": { "name": "a" } }),
+                "cluster-scoped",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "spec": {} }),
+                "spec.name (or metadata.name) is required",
+            ),
+        ];
+        for (v, want) in cases {
+            let err = parse_object(&v).unwrap_err();
+            assert!(err.contains(want), "{v}: {err:?} lacks {want:?}");
+        }
+    }
+}
