@@ -18,6 +18,7 @@ pub const FORMAT_V1: u32 = 0x4b43_0001; // "KC" v1
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointV1 {
     seq: u64,
+    version: u64,
     entries: Vec<EntryV1>,
 }
 
@@ -35,6 +36,8 @@ struct EntryV1 {
     origin_cluster: String,
     source_version: String,
     location: String,
+    /// The encoded wire form, so a cold start does not re-transcode everything.
+    encoded: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,7 @@ fn kind_from_u8(k: u8) -> SourceKind {
 pub fn encode(state: &State) -> AlignedVec {
     let cp = CheckpointV1 {
         seq: state.seq,
+        version: state.version,
         entries: state
             .resources
             .iter()
@@ -87,6 +91,7 @@ pub fn encode(state: &State) -> AlignedVec {
                 origin_cluster: e.origin.cluster.clone(),
                 source_version: e.source_version.clone(),
                 location: e.location.clone(),
+                encoded: e.encoded.as_ref().map(|b| b.to_vec()),
             })
             .collect(),
     };
@@ -102,7 +107,7 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
     aligned.extend_from_slice(blob);
     let archived = rkyv::access::<ArchivedCheckpointV1, rancor::Error>(&aligned)
         .map_err(|e| CheckpointError::Invalid(e.to_string()))?;
-    // Entries were written in key order, so the map is bulk-built from sorted input.
+    let mut counts = std::collections::BTreeMap::new();
     let resources = archived
         .entries
         .iter()
@@ -118,11 +123,13 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
                 },
                 source_version: e.source_version.to_string(),
                 location: e.location.to_string(),
+                encoded: e.encoded.as_ref().map(|b| Bytes::copy_from_slice(b)),
             };
-            (key, entry)
+            *counts.entry((key.group.clone(), key.kind.clone())).or_insert(0) += 1;
+            (key, std::sync::Arc::new(entry))
         })
         .collect();
-    Ok(State { seq: archived.seq.to_native(), resources })
+    Ok(State { seq: archived.seq.to_native(), version: archived.version.to_native(), resources, counts })
 }
 
 #[cfg(test)]
@@ -131,19 +138,23 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_an_unaligned_copy() {
-        let mut state = State { seq: 42, ..Default::default() };
-        for i in 0..100 {
-            state.resources.insert(
-                ResourceKey::new("xds.keelson.dev", "Cluster", "", &format!("c{i}")),
-                ResourceEntry {
-                    version: i,
-                    body: Body::from_value(&serde_json::json!({ "name": format!("c{i}") })),
-                    origin: SourceId { kind: SourceKind::Consul, name: "dc1".into(), cluster: "east".into() },
+        let mut state = State::default();
+        for i in 0..100u64 {
+            let body = serde_json::json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
+                "metadata": { "name": format!("c{i}") }, "spec": { "name": format!("c{i}") } });
+            state.apply(crate::Event {
+                seq: i + 1,
+                at: std::time::SystemTime::UNIX_EPOCH,
+                origin: SourceId { kind: SourceKind::Consul, name: "dc1".into(), cluster: "east".into() },
+                op: crate::Op::Upsert {
+                    key: ResourceKey::new("xds.keelson.dev", "Cluster", "", &format!("c{i}")),
                     source_version: i.to_string(),
+                    body: Body::from_value(&body),
                     location: String::new(),
                 },
-            );
+            });
         }
+        assert!(state.resources.values().all(|e| e.encoded.is_some()));
         let blob = encode(&state);
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.
         let mut unaligned = vec![0u8];

@@ -8,14 +8,20 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod envoy;
+pub mod json;
 pub mod event;
 pub mod kinds;
+pub mod metrics;
 pub mod object;
+pub mod runtime;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
 pub use state::{Applied, ResourceEntry, State};
+pub use runtime::{Hub, HubConfig, HubHandle, Outcome, SourceHealth};
+pub use snapshot::Snapshot;
 pub use store::{EventStore, LogEntry, Rebuilt};
 
 /// Errors of the hub library. The binary adds context with anyhow.
@@ -29,4 +35,8 @@ pub enum HubError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("history before seq {first} was removed by retention and no checkpoint covers seq {requested}")]
     Compacted { requested: u64, first: u64 },
+    #[error("the hub has stopped")]
+    Stopped,
+    #[error("internal task failed: {0}")]
+    Task(String),
 }

@@ -1,10 +1,19 @@
 //! `State`: the config as of one point in the log, folded from events.
+//!
+//! Resources live in a persistent ordered map (imbl): cloning a `State` is
+//! O(1) and shares structure, so a snapshot after one change costs one
+//! O(log n) update, not a copy of 100k resources.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::event::{Body, Event, Op, ResourceKey, SourceId};
+use crate::kinds;
+use crate::object::encode_resource;
 
-/// One object as the state holds it, with its provenance.
+/// One object as the state holds it, with its provenance and wire form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceEntry {
     /// Seq of the event that last changed this object: its version.
@@ -13,6 +22,19 @@ pub struct ResourceEntry {
     pub origin: SourceId,
     pub source_version: String,
     pub location: String,
+    /// The encoded `google.protobuf.Any` sinks send, computed once per
+    /// version (Envoy kinds; `None` for kinds without a protobuf form yet).
+    pub encoded: Option<Bytes>,
+}
+
+impl ResourceEntry {
+    /// Builds an entry and encodes its wire form.
+    pub fn new(key: &ResourceKey, version: u64, body: Body, origin: SourceId, source_version: String, location: String) -> Self {
+        let encoded = kinds::lookup(&key.group, &key.kind).and_then(|info| encode_resource(info, &body)).and_then(|r| {
+            r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok()
+        });
+        ResourceEntry { version, body, origin, source_version, location, encoded }
+    }
 }
 
 /// What applying one event did.
@@ -25,47 +47,76 @@ pub enum Applied {
     Unchanged,
 }
 
+pub type ResourceMap = imbl::OrdMap<ResourceKey, Arc<ResourceEntry>>;
+
 /// The materialized config after applying the log up to `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    /// The last seq applied: the version of this state.
+    /// The last seq applied.
     pub seq: u64,
-    pub resources: BTreeMap<ResourceKey, ResourceEntry>,
+    /// The seq of the last event that changed a resource: the config version.
+    /// Markers (sync, NACK audit) move `seq` but not `version`.
+    pub version: u64,
+    pub resources: ResourceMap,
+    /// Resources per `group/kind`, kept as changes apply.
+    pub counts: BTreeMap<(String, String), usize>,
 }
 
 impl State {
+    /// Would upserting `body` at `key` change anything?
+    pub fn is_current(&self, key: &ResourceKey, body: &Body) -> bool {
+        self.resources.get(key).is_some_and(|e| e.body.hash() == body.hash())
+    }
+
     /// Applies one event, taking it by value so replay moves keys and bodies
     /// into the map instead of cloning them. Events must come in seq order.
     pub fn apply(&mut self, ev: Event) -> Applied {
         debug_assert!(ev.seq > self.seq, "event {} applied after {}", ev.seq, self.seq);
         self.seq = ev.seq;
-        match ev.op {
+        let applied = match ev.op {
             Op::Upsert { key, source_version, body, location } => {
-                let entry = ResourceEntry { version: ev.seq, body, origin: ev.origin, source_version, location };
-                match self.resources.get_mut(&key) {
+                if self.is_current(&key, &body) {
                     // Same content: the version does not move, so a relist is free.
-                    Some(old) if old.body.hash() == entry.body.hash() => Applied::Unchanged,
-                    Some(old) => {
-                        *old = entry;
-                        Applied::Updated
-                    }
+                    return Applied::Unchanged;
+                }
+                let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location);
+                match self.resources.insert(key.clone(), Arc::new(entry)) {
+                    Some(_) => Applied::Updated,
                     None => {
-                        self.resources.insert(key, entry);
+                        *self.counts.entry((key.group, key.kind)).or_default() += 1;
                         Applied::Created
                     }
                 }
             }
             Op::Delete { key, .. } => match self.resources.remove(&key) {
-                Some(_) => Applied::Deleted,
+                Some(_) => {
+                    let kind = (key.group, key.kind);
+                    if let Some(n) = self.counts.get_mut(&kind) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.counts.remove(&kind);
+                        }
+                    }
+                    Applied::Deleted
+                }
                 None => Applied::Unchanged,
             },
             Op::SyncStart | Op::SyncDone | Op::Nack { .. } => Applied::Unchanged,
+        };
+        if applied != Applied::Unchanged {
+            self.version = ev.seq;
         }
+        applied
     }
 
     /// Notes that `seq` was passed without an event (a compacted or lost slot).
     pub fn skip_to(&mut self, seq: u64) {
         self.seq = self.seq.max(seq);
+    }
+
+    /// Keys of the resources a source put there.
+    pub fn keys_from<'a>(&'a self, origin: &'a SourceId) -> impl Iterator<Item = &'a ResourceKey> + 'a {
+        self.resources.iter().filter(move |(_, e)| &e.origin == origin).map(|(k, _)| k)
     }
 }
 
@@ -95,11 +146,28 @@ mod tests {
         assert_eq!(s.apply(ev(2, upsert("a", 1))), Applied::Unchanged);
         let key = ResourceKey::new("", "Service", "default", "a");
         assert_eq!(s.resources[&key].version, 1);
+        assert_eq!((s.seq, s.version), (2, 1));
         assert_eq!(s.apply(ev(3, upsert("a", 2))), Applied::Updated);
         assert_eq!(s.resources[&key].version, 3);
-        assert_eq!(s.seq, 3);
-        assert_eq!(s.apply(ev(4, Op::Delete { key: key.clone(), source_version: String::new() })), Applied::Deleted);
-        assert_eq!(s.apply(ev(5, Op::Delete { key, source_version: String::new() })), Applied::Unchanged);
-        assert!(s.resources.is_empty());
+        assert_eq!(s.apply(ev(4, Op::SyncDone)), Applied::Unchanged);
+        assert_eq!((s.seq, s.version), (4, 3), "markers do not move the config version");
+        assert_eq!(s.counts[&(String::new(), "Service".to_string())], 1);
+        assert_eq!(s.apply(ev(5, Op::Delete { key: key.clone(), source_version: String::new() })), Applied::Deleted);
+        assert_eq!(s.apply(ev(6, Op::Delete { key, source_version: String::new() })), Applied::Unchanged);
+        assert!(s.resources.is_empty() && s.counts.is_empty());
+        assert_eq!(s.version, 5);
+    }
+
+    #[test]
+    fn clones_share_structure_and_diverge_independently() {
+        let mut s = State::default();
+        for i in 0..100 {
+            s.apply(ev(i + 1, upsert(&format!("s{i}"), 0)));
+        }
+        let before = s.clone();
+        s.apply(ev(101, upsert("s0", 1)));
+        let key = ResourceKey::new("", "Service", "default", "s0");
+        assert_eq!(before.resources[&key].version, 1);
+        assert_eq!(s.resources[&key].version, 101);
     }
 }

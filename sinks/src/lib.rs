@@ -1,4 +1,9 @@
-//! Sinks: serve hub snapshots to proxies over xDS and MCP.
+//! Sinks: serve hub snapshots to the outside.
 //!
-//! Nothing lives here yet: the gRPC server arrives with the xDS sink.
+//! * [`admin`]: the admin HTTP server (health, readiness, metrics, snapshot,
+//!   history and log).
+//!
+//! The xDS and MCP gRPC servers arrive with the xDS sink.
 #![forbid(unsafe_code)]
+
+pub mod admin;

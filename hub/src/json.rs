@@ -1,19 +1,16 @@
-//! How events are shown: one line for people, one JSON object for programs.
-//! The JSON shape is a documented contract (docs/cli.md); change it only by adding fields.
+//! The stable JSON shape of log entries, shared by `keelson --json` and the
+//! admin API (docs/cli.md). Fields are only ever added.
 
-use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
-use keelson_hub::{Event, LogEntry, Op};
 use keelson_storage::RecordKind;
 use serde_json::{Value, json};
 
+use crate::event::{Event, Op};
+use crate::store::LogEntry;
+
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
-}
-
-fn short_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 pub fn event_json(ev: &Event) -> Value {
@@ -54,7 +51,7 @@ pub fn entry_json(entry: &LogEntry) -> Value {
     }
 }
 
-fn gap_name(kind: RecordKind) -> &'static str {
+pub fn gap_name(kind: RecordKind) -> &'static str {
     match kind {
         RecordKind::Compacted => "compacted",
         RecordKind::Lost => "lost",
@@ -62,36 +59,3 @@ fn gap_name(kind: RecordKind) -> &'static str {
     }
 }
 
-pub fn event_line(ev: &Event) -> String {
-    let detail = match &ev.op {
-        Op::Upsert { key, location, body, .. } => {
-            let at = if location.is_empty() { String::new() } else { format!("  ({location})") };
-            format!("{key}  hash {:08x}{at}", (body.hash() >> 96) as u32)
-        }
-        Op::Delete { key, .. } => key.to_string(),
-        Op::Nack { node, type_url, version, error } => format!("{node} rejected {type_url} v{version}: {error}"),
-        Op::SyncStart | Op::SyncDone => String::new(),
-    };
-    format!("{:>8}  {}  {:<24} {:<10} {detail}", ev.seq, short_time(ev.at), ev.origin.to_string(), ev.op.name())
-}
-
-pub fn entry_line(entry: &LogEntry) -> String {
-    match entry {
-        LogEntry::Event(ev) => event_line(ev),
-        LogEntry::Gap { seq, at_nanos, kind } => format!(
-            "{seq:>8}  {}  {:<24} {}",
-            short_time(SystemTime::UNIX_EPOCH + Duration::from_nanos(*at_nanos)),
-            "-",
-            gap_name(*kind)
-        ),
-    }
-}
-
-/// Writes a line, treating a closed pipe (`keelson log | head`) as a normal end.
-pub fn emit(out: &mut impl Write, line: &str) -> io::Result<bool> {
-    match writeln!(out, "{line}") {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(e),
-    }
-}

@@ -26,6 +26,37 @@ struct ConfigFile {
     retention: RetentionFile,
     #[serde(default)]
     checkpoint: CheckpointFile,
+    #[serde(default)]
+    snapshot: SnapshotFile,
+    #[serde(default)]
+    api: ApiFile,
+    #[serde(default)]
+    file: FileFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotFile {
+    /// Publish after this long without new changes (default "100ms").
+    quiet: Option<String>,
+    /// ...or at most this long after the first pending change (default "1s").
+    max_delay: Option<String>,
+    /// Publish the first snapshot after this long even if a source has not synced (default "30s").
+    sync_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiFile {
+    /// File holding the bearer token of the push API; absent disables the API.
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFile {
+    /// Full rescan period of file sources (default "10s").
+    rescan: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +109,11 @@ pub struct ServeConfig {
     pub retention: Retention,
     pub checkpoint_every_events: u64,
     pub maintenance_interval: Duration,
+    pub quiet: Duration,
+    pub max_delay: Duration,
+    pub sync_timeout: Duration,
+    pub file_rescan: Duration,
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// Flags given on the command line; each one beats the file.
@@ -87,6 +123,11 @@ pub struct Overrides {
     pub grpc_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub sources: Vec<String>,
+    pub api_token_file: Option<PathBuf>,
+}
+
+fn duration_or(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
+    text.map(|t| duration(field, t)).transpose().map(|d| d.unwrap_or(default))
 }
 
 fn duration(field: &str, text: &str) -> Result<Duration> {
@@ -135,6 +176,11 @@ impl ServeConfig {
                 .map(|t| duration("checkpoint.interval", t))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(60)),
+            quiet: duration_or("snapshot.quiet", cf.snapshot.quiet.as_deref(), Duration::from_millis(100))?,
+            max_delay: duration_or("snapshot.max_delay", cf.snapshot.max_delay.as_deref(), Duration::from_secs(1))?,
+            sync_timeout: duration_or("snapshot.sync_timeout", cf.snapshot.sync_timeout.as_deref(), Duration::from_secs(30))?,
+            file_rescan: duration_or("file.rescan", cf.file.rescan.as_deref(), Duration::from_secs(10))?,
+            api_token_file: flags.api_token_file.or(cf.api.token_file.map(|p| base.join(p))),
         })
     }
 }

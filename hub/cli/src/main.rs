@@ -1,6 +1,7 @@
 //! `keelson`: the hub process and the tools to inspect its log.
 #![forbid(unsafe_code)]
 
+mod admin_client;
 mod config;
 mod inspect;
 mod render;
@@ -44,6 +45,9 @@ enum Command {
         /// file:PATH | k8s[:CONTEXT] | consul:URL | mcp:URL (repeatable).
         #[arg(long = "source", value_name = "SPEC")]
         sources: Vec<String>,
+        /// Bearer token file enabling the push API (PUT/DELETE /v1/resources/...).
+        #[arg(long)]
+        api_token_file: Option<PathBuf>,
     },
     /// Print log records in seq order.
     Log {
@@ -58,6 +62,9 @@ enum Command {
         /// One JSON object per line (schema in docs/cli.md).
         #[arg(long)]
         json: bool,
+        /// Read through a running hub's admin API instead of the data dir.
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
     },
     /// Every recorded change of one object, newest first.
     History {
@@ -67,6 +74,30 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Show a unified diff from each version to the next.
+        #[arg(long, conflicts_with = "json")]
+        diff: bool,
+        /// Read through a running hub's admin API instead of the data dir.
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
+    /// The whole config as of a point in the log.
+    State {
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// A seq, or an RFC 3339 time [default: now].
+        #[arg(long, value_name = "SEQ|RFC3339")]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Read through a running hub's admin API instead of the data dir.
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
+    /// Check config files offline; prints file:line errors, exit 1 if any.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Check every record, index entry and checkpoint; exit 1 on damage.
     Verify {
@@ -84,14 +115,19 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEELSON_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
-        Command::Serve { config, data_dir, grpc_listen, admin_listen, sources } => {
-            let flags = config::Overrides { data_dir, grpc_listen, admin_listen, sources };
+        Command::Serve { config, data_dir, grpc_listen, admin_listen, sources, api_token_file } => {
+            let flags = config::Overrides { data_dir, grpc_listen, admin_listen, sources, api_token_file };
             config::ServeConfig::load(config.as_deref(), flags).and_then(serve::run).map(|()| ExitCode::SUCCESS)
         }
-        Command::Log { data_dir, from, limit, json } => inspect::log(&data_dir, from, limit, json),
-        Command::History { key, data_dir, json } => inspect::history(&data_dir, &key, json),
+        Command::Log { data_dir, from, limit, json, admin } => inspect::log(&data_dir, from, limit, json, admin.as_deref()),
+        Command::History { key, data_dir, json, diff, admin } => {
+            inspect::history(&data_dir, &key, inspect::HistoryFormat::from_flags(json, diff), admin.as_deref())
+        }
+        Command::State { data_dir, at, json, admin } => inspect::state(&data_dir, at.as_deref(), json, admin.as_deref()),
+        Command::Validate { paths } => inspect::validate(&paths),
         Command::Verify { data_dir, repair, json } => inspect::verify(&data_dir, repair, json),
     };
     result.unwrap_or_else(|e| {

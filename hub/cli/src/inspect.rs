@@ -1,0 +1,266 @@
+//! `keelson log`, `keelson history`, `keelson verify`: reading a data dir.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use keelson_hub::{EventStore, ResourceKey};
+use keelson_storage::{OpenOptions, SledEventLog, VerifyReport};
+use serde_json::Value;
+
+use crate::admin_client;
+
+use crate::render;
+
+fn open(data_dir: &Path) -> Result<EventStore> {
+    EventStore::open(data_dir, OpenOptions::default()).map_err(|e| {
+        let hint = if matches!(e, keelson_hub::HubError::Storage(keelson_storage::StorageError::Locked { .. })) {
+            "; read through it instead with --admin http://127.0.0.1:18001"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot read the event log in {}: {e}{hint}", data_dir.display())
+    })
+}
+
+/// Prints JSON values one per line, or as human lines via `line`.
+fn print_values(values: &[Value], json: bool, line: impl Fn(&Value) -> String) -> Result<ExitCode> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    for v in values {
+        let text = if json { v.to_string() } else { line(v) };
+        if !render::emit(&mut out, &text)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    flush(out)
+}
+
+fn value_line(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    format!("{:>8}  {}  {:<24} {:<10} {}", v["seq"], s("at"), v["origin"]["kind"].as_str().map_or("-".into(), |k| format!("{k}/{}", s_origin(v))), s("op"), s("key"))
+}
+
+fn s_origin(v: &Value) -> String {
+    v["origin"]["name"].as_str().unwrap_or_default().to_string()
+}
+
+pub fn log(data_dir: &Path, from: Option<u64>, limit: Option<usize>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
+    if let Some(base) = admin {
+        let mut q = format!("/v1/log?limit={}", limit.unwrap_or(10_000));
+        if let Some(from) = from {
+            q.push_str(&format!("&from={from}"));
+        }
+        let entries = admin_client::get_json(base, &q)?;
+        return print_values(entries.as_array().map_or(&[][..], Vec::as_slice), json, value_line);
+    }
+    let store = open(data_dir)?;
+    let from = from.unwrap_or(store.log().first_seq());
+    let mut out = BufWriter::new(io::stdout().lock());
+    for entry in store.entries_from(from).take(limit.unwrap_or(usize::MAX)) {
+        let entry = entry?;
+        let line = if json { keelson_hub::json::entry_json(&entry).to_string() } else { render::entry_line(&entry) };
+        if !render::emit(&mut out, &line)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    flush(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFormat {
+    Lines,
+    Json,
+    Diff,
+}
+
+impl HistoryFormat {
+    pub fn from_flags(json: bool, diff: bool) -> Self {
+        if json {
+            HistoryFormat::Json
+        } else if diff {
+            HistoryFormat::Diff
+        } else {
+            HistoryFormat::Lines
+        }
+    }
+}
+
+pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<&str>) -> Result<ExitCode> {
+    let key = ResourceKey::parse(key).map_err(anyhow::Error::msg)?;
+    let events: Vec<Value> = match admin {
+        Some(base) => {
+            let v = admin_client::get_json(base, &format!("/v1/history?key={}", admin_client::encode(&key.to_string())))?;
+            v.as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let store = open(data_dir)?;
+            store.history(&key).map(|ev| ev.map(|ev| keelson_hub::json::event_json(&ev))).collect::<Result<_, _>>()?
+        }
+    };
+    if events.is_empty() && format != HistoryFormat::Json {
+        eprintln!("no recorded changes of {key}");
+    }
+    match format {
+        HistoryFormat::Json => print_values(&events, true, value_line),
+        HistoryFormat::Lines => print_values(&events, false, |v| {
+            let loc = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({l})")).unwrap_or_default();
+            format!("{}{loc}", value_line(v))
+        }),
+        HistoryFormat::Diff => {
+            let mut out = BufWriter::new(io::stdout().lock());
+            // Oldest first, so each diff reads as "what this change did".
+            let mut previous = String::new();
+            for v in events.iter().rev() {
+                let loc = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!(" from {l}")).unwrap_or_default();
+                let who = format!("{}/{}", v["origin"]["kind"].as_str().unwrap_or("-"), s_origin(v));
+                let header = format!("=== seq {} {} {} by {who}{loc}", v["seq"], v["at"].as_str().unwrap_or_default(), v["op"].as_str().unwrap_or_default());
+                let current = match v.get("body") {
+                    Some(body) => serde_yaml::to_string(body).unwrap_or_default(),
+                    None => String::new(),
+                };
+                let diff = similar::TextDiff::from_lines(&previous, &current);
+                let text = format!("{header}\n{}", diff.unified_diff().context_radius(3).header(&format!("seq before {}", v["seq"]), &format!("seq {}", v["seq"])));
+                if !render::emit(&mut out, &text)? {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                previous = current;
+            }
+            flush(out)
+        }
+    }
+}
+
+/// `--at` as a seq: a number is a seq; a time means "everything appended up to it".
+fn resolve_at(store: &EventStore, at: Option<&str>) -> Result<u64> {
+    let Some(at) = at else { return Ok(u64::MAX) };
+    if let Ok(seq) = at.parse::<u64>() {
+        return Ok(seq);
+    }
+    let t = humantime::parse_rfc3339_weak(at).with_context(|| format!("--at {at:?} is neither a seq nor an RFC 3339 time"))?;
+    let after = store.log().seq_at_or_after(t + std::time::Duration::from_nanos(1))?;
+    Ok(after.map_or(store.log().last_seq(), |s| s.saturating_sub(1)))
+}
+
+pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
+    let doc = match admin {
+        Some(base) => {
+            let q = at.map(|a| format!("/v1/state?at={}", admin_client::encode(a))).unwrap_or_else(|| "/v1/state".into());
+            admin_client::get_json(base, &q)?
+        }
+        None => {
+            let store = open(data_dir)?;
+            let seq = resolve_at(&store, at)?;
+            let rebuilt = store.state_at(seq)?;
+            keelson_sinks::admin::state_json(&rebuilt)
+        }
+    };
+    if json {
+        println!("{doc}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("version {} (log seq {}), {} resources", doc["version"], doc["seq"], doc["resources"].as_array().map_or(0, Vec::len));
+    if let Some(gaps) = doc["gaps"].as_array().filter(|g| !g.is_empty()) {
+        println!("warning: rebuilt across {} compacted or lost records; this may differ from what was served", gaps.len());
+    }
+    let rows = doc["resources"].as_array().cloned().unwrap_or_default();
+    print_values(&rows, false, |r| {
+        format!("{:>8}  {:<64} {}  {}", r["version"], r["key"].as_str().unwrap_or_default(), r["origin"].as_str().unwrap_or_default(), r["location"].as_str().unwrap_or_default())
+    })
+}
+
+pub fn validate(paths: &[std::path::PathBuf]) -> Result<ExitCode> {
+    let (checked, errors) = keelson_sources::file::validate_paths(paths);
+    for e in &errors {
+        println!("{e}");
+    }
+    if errors.is_empty() {
+        println!("OK: {checked} file(s) valid");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} error(s) in {checked} file(s)", errors.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn flush(mut out: impl Write) -> Result<ExitCode> {
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Exit 0 when the store is intact, 1 when damage was found (or repair was refused).
+pub fn verify(data_dir: &Path, repair: bool, json: bool) -> Result<ExitCode> {
+    use keelson_storage::EventLog;
+    let log = match SledEventLog::open(data_dir, OpenOptions { create: false, repair }) {
+        Ok(log) => log,
+        Err(
+            e @ (keelson_storage::StorageError::LostAcknowledged { .. } | keelson_storage::StorageError::Engine(_)),
+        ) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "open_error": e.to_string() }));
+            } else {
+                println!("DAMAGED: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", data_dir.display())),
+    };
+    let repaired = log.repair_report().cloned();
+    let report = log.verify()?;
+    if json {
+        println!("{}", report_json(&report, repaired.as_ref()));
+    } else {
+        if let Some(r) = &repaired {
+            println!(
+                "repair: lost seq ranges {:?}; checkpoints set aside {:?}; {} index entries rebuilt",
+                r.lost, r.quarantined_checkpoints, r.index_entries
+            );
+        }
+        print_report(data_dir, &report);
+    }
+    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_report(dir: &Path, r: &VerifyReport) {
+    println!("store      {}", dir.display());
+    println!("seqs       {}..={} (acknowledged up to {})", r.first_seq, r.last_seq, r.acknowledged_seq);
+    println!("records    {} events, {} compacted, {} lost", r.events, r.compacted, r.lost);
+    println!("key index  {} entries", r.key_index_entries);
+    println!("checkpoints {:?}", r.checkpoints);
+    if r.is_ok() {
+        println!("OK: every record, index entry and checkpoint verified");
+        return;
+    }
+    let first = r.first_damage().expect("damage_count > 0 means a detail was kept");
+    println!("DAMAGED: {} problem(s); first: {first}", r.damage_count);
+    for d in &r.damage {
+        println!("  {d}");
+    }
+    if r.damage_count as usize > r.damage.len() {
+        println!("  … {} more", r.damage_count as usize - r.damage.len());
+    }
+    println!("run `keelson verify --repair` to write off damaged records (their bytes are kept in quarantine)");
+}
+
+fn report_json(r: &VerifyReport, repaired: Option<&keelson_storage::RepairReport>) -> serde_json::Value {
+    serde_json::json!({
+        "ok": r.is_ok(),
+        "first_seq": r.first_seq,
+        "last_seq": r.last_seq,
+        "acknowledged_seq": r.acknowledged_seq,
+        "events": r.events,
+        "compacted": r.compacted,
+        "lost": r.lost,
+        "key_index_entries": r.key_index_entries,
+        "checkpoints": r.checkpoints,
+        "damage_count": r.damage_count,
+        "damage": r.damage.iter().map(|d| serde_json::json!({ "seq": d.seq, "what": d.what })).collect::<Vec<_>>(),
+        "repair": repaired.map(|rep| serde_json::json!({
+            "lost": rep.lost.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
+            "quarantined_checkpoints": rep.quarantined_checkpoints,
+            "index_entries": rep.index_entries,
+        })),
+    })
+}

@@ -1,0 +1,383 @@
+//! The running hub: one ingest task owns the `State`.
+//!
+//! Sources submit batches of ops. The ingest task drops the ones that would
+//! change nothing (an identical re-upsert, a delete of something absent), so
+//! a relist after a restart creates no versions. It appends the rest as one
+//! durable batch, applies them, and publishes a snapshot once changes have
+//! been quiet for `quiet` (or at most `max_delay` after the first). When a
+//! source finishes a listing (`SyncDone`), objects it held but did not list
+//! are deleted: that is how a warm restart reconciles.
+//!
+//! Readiness (DESIGN.md §4): nothing is published until every configured
+//! source has synced or `sync_timeout` passes (then the hub is degraded),
+//! except on a warm restart, where the state rebuilt from the log is
+//! published at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::event::{Event, Op, ResourceKey, SourceId};
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::state::{Applied, State};
+use crate::store::EventStore;
+use crate::HubError;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub quiet: Duration,
+    pub max_delay: Duration,
+    pub sync_timeout: Duration,
+    pub checkpoint_every_events: u64,
+    /// The sources readiness waits for.
+    pub sources: Vec<SourceId>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            quiet: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            sync_timeout: Duration::from_secs(30),
+            checkpoint_every_events: 10_000,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// What a source reports about itself.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SourceHealth {
+    pub up: bool,
+    pub synced: bool,
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the last change the source emitted.
+    pub last_event: Option<String>,
+    /// Current validation errors, e.g. `routes.yaml:12: spec.hosts is required`.
+    pub errors: Vec<String>,
+}
+
+/// The result of a submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Seqs the submission was appended at; `None` when nothing needed appending.
+    pub appended: Option<(u64, u64)>,
+    /// Resources created, updated or deleted.
+    pub changed: usize,
+    /// The config version after the submission.
+    pub version: u64,
+}
+
+struct Submission {
+    origin: SourceId,
+    ops: Vec<Op>,
+    /// Files whose objects a `SyncDone` in `ops` must not delete: the source
+    /// could not read them, which says nothing about their objects.
+    keep_files: Vec<String>,
+    reply: oneshot::Sender<Result<Outcome, HubError>>,
+}
+
+struct Shared {
+    store: EventStore,
+    metrics: Metrics,
+    health: RwLock<BTreeMap<String, SourceHealth>>,
+    degraded: AtomicBool,
+}
+
+/// A cheap, cloneable handle to the running hub.
+#[derive(Clone)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Submission>,
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    shared: Arc<Shared>,
+}
+
+impl HubHandle {
+    /// Submits ops from one source; returns once they are durable and applied.
+    pub async fn submit(&self, origin: SourceId, ops: Vec<Op>) -> Result<Outcome, HubError> {
+        self.submit_keeping(origin, ops, Vec::new()).await
+    }
+
+    /// Like `submit`, for a listing that could not read some files: objects
+    /// whose location is in one of `keep_files` are not reconciled away.
+    pub async fn submit_keeping(&self, origin: SourceId, ops: Vec<Op>, keep_files: Vec<String>) -> Result<Outcome, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Submission { origin, ops, keep_files, reply }).await.map_err(|_| HubError::Stopped)?;
+        rx.await.map_err(|_| HubError::Stopped)?
+    }
+
+    /// Published snapshots; `None` until the hub is ready.
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.snapshots.clone()
+    }
+
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshots.borrow().clone()
+    }
+
+    pub fn update_health(&self, origin: &SourceId, f: impl FnOnce(&mut SourceHealth)) {
+        let mut all = self.shared.health.write().unwrap_or_else(|e| e.into_inner());
+        let h = all.entry(origin.to_string()).or_default();
+        f(h);
+        self.shared.metrics.source_up.get_or_create(&Metrics::source(&origin.to_string())).set(i64::from(h.up));
+    }
+
+    pub fn health(&self) -> BTreeMap<String, SourceHealth> {
+        self.shared.health.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True when the first snapshot went out because `sync_timeout` passed.
+    pub fn degraded(&self) -> bool {
+        self.shared.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.shared.store
+    }
+}
+
+/// The hub process core. `stop` writes a final checkpoint and flushes.
+pub struct Hub {
+    handle: HubHandle,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), HubError>>,
+}
+
+impl Hub {
+    /// Rebuilds the state from the log (checkpoint + tail) and starts ingesting.
+    pub async fn start(store: EventStore, cfg: HubConfig, metrics: Metrics) -> Result<Hub, HubError> {
+        let rebuilt = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.state_at(u64::MAX)).await.map_err(|e| HubError::Task(e.to_string()))??
+        };
+        if !rebuilt.gaps.is_empty() {
+            tracing::warn!(gaps = rebuilt.gaps.len(), "replay crossed lost or compacted records; sources will reconcile");
+        }
+        let warm = rebuilt.state.seq > 0;
+        tracing::info!(
+            version = rebuilt.state.version,
+            resources = rebuilt.state.resources.len(),
+            checkpoint = rebuilt.from_checkpoint,
+            replayed = rebuilt.state.seq - rebuilt.from_checkpoint,
+            warm,
+            "state rebuilt from the log"
+        );
+        let (tx, rx) = mpsc::channel(256);
+        let (snap_tx, snapshots) = watch::channel(None);
+        let shared = Arc::new(Shared { store, metrics, health: RwLock::default(), degraded: AtomicBool::new(false) });
+        let (stop, stop_rx) = oneshot::channel();
+        let ingest = Ingest {
+            checkpointed: rebuilt.from_checkpoint,
+            state: rebuilt.state,
+            ready: warm || cfg.sources.is_empty(),
+            cfg,
+            shared: shared.clone(),
+            snap_tx,
+            syncing: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            pending_since: None,
+            last_change: None,
+            published: None,
+            checkpointing: None,
+        };
+        let task = tokio::spawn(ingest.run(rx, stop_rx));
+        Ok(Hub { handle: HubHandle { tx, snapshots, shared }, stop, task })
+    }
+
+    pub fn handle(&self) -> HubHandle {
+        self.handle.clone()
+    }
+
+    /// Stops ingesting, writes a final checkpoint and flushes the log.
+    pub async fn stop(self) -> Result<(), HubError> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| HubError::Task(e.to_string()))?
+    }
+}
+
+struct Ingest {
+    state: State,
+    cfg: HubConfig,
+    shared: Arc<Shared>,
+    snap_tx: watch::Sender<Option<Arc<Snapshot>>>,
+    ready: bool,
+    /// Sources in the middle of a listing, and the keys listed so far.
+    syncing: BTreeMap<SourceId, HashSet<ResourceKey>>,
+    synced: BTreeSet<SourceId>,
+    pending_since: Option<Instant>,
+    last_change: Option<Instant>,
+    published: Option<u64>,
+    checkpointed: u64,
+    checkpointing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Ingest {
+    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, mut stop: oneshot::Receiver<()>) -> Result<(), HubError> {
+        let sync_deadline = Instant::now() + self.cfg.sync_timeout;
+        if self.ready {
+            self.publish();
+        }
+        loop {
+            let publish_at = self.publish_deadline();
+            tokio::select! {
+                _ = &mut stop => break,
+                sub = rx.recv() => {
+                    let Some(sub) = sub else { break };
+                    let outcome = self.ingest(sub.origin, sub.ops, &sub.keep_files).await;
+                    let _ = sub.reply.send(outcome);
+                }
+                _ = tokio::time::sleep_until(publish_at.unwrap_or(sync_deadline)), if publish_at.is_some() => self.publish(),
+                _ = tokio::time::sleep_until(sync_deadline), if !self.ready => {
+                    let waiting: Vec<String> = self.cfg.sources.iter().filter(|s| !self.synced.contains(s)).map(|s| s.to_string()).collect();
+                    tracing::warn!(?waiting, "sync_timeout passed before every source synced; publishing, degraded");
+                    self.shared.degraded.store(true, Ordering::Relaxed);
+                    self.ready = true;
+                    self.publish();
+                }
+            }
+        }
+        if let Some(t) = self.checkpointing.take() {
+            let _ = t.await;
+        }
+        if self.state.seq > self.checkpointed {
+            let (store, state) = (self.shared.store.clone(), self.state.clone());
+            tokio::task::spawn_blocking(move || store.write_checkpoint(&state)).await.map_err(|e| HubError::Task(e.to_string()))??;
+            tracing::info!(seq = self.state.seq, "final checkpoint written");
+        }
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.log().flush()).await.map_err(|e| HubError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    fn publish_deadline(&self) -> Option<Instant> {
+        if !self.ready {
+            return None;
+        }
+        let (first, last) = (self.pending_since?, self.last_change?);
+        Some((last + self.cfg.quiet).min(first + self.cfg.max_delay))
+    }
+
+    fn publish(&mut self) {
+        self.pending_since = None;
+        self.last_change = None;
+        if self.published == Some(self.state.version) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let snapshot = Arc::new(Snapshot::of(&self.state));
+        let m = &self.shared.metrics;
+        m.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
+        m.snapshot_builds.inc();
+        m.snapshot_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        tracing::info!(version = snapshot.version, resources = snapshot.resources.len(), "snapshot published");
+        self.published = Some(snapshot.version);
+        self.snap_tx.send_replace(Some(snapshot));
+    }
+
+    /// Filters, appends and applies one submission.
+    async fn ingest(&mut self, origin: SourceId, ops: Vec<Op>, keep_files: &[String]) -> Result<Outcome, HubError> {
+        let kept = |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            match &op {
+                Op::Upsert { key, body, .. } => {
+                    if let Some(seen) = self.syncing.get_mut(&origin) {
+                        seen.insert(key.clone());
+                    }
+                    if !self.state.is_current(key, body) {
+                        out.push(op);
+                    }
+                }
+                Op::Delete { key, .. } => {
+                    if self.state.resources.contains_key(key) {
+                        out.push(op);
+                    }
+                }
+                Op::SyncStart => {
+                    self.syncing.insert(origin.clone(), HashSet::new());
+                    out.push(op);
+                }
+                Op::SyncDone => {
+                    if let Some(seen) = self.syncing.remove(&origin) {
+                        let queued: HashSet<&ResourceKey> = out.iter().filter_map(Op::key).collect();
+                        let vanished: Vec<ResourceKey> = self
+                            .state
+                            .keys_from(&origin)
+                            .filter(|k| !seen.contains(*k) && !queued.contains(k))
+                            .filter(|k| !kept(&self.state.resources[*k].location))
+                            .cloned()
+                            .collect();
+                        if !vanished.is_empty() {
+                            tracing::info!(source = %origin, deleted = vanished.len(), "objects gone from the source since the last sync");
+                        }
+                        out.extend(vanished.into_iter().map(|key| Op::Delete { key, source_version: "resync".into() }));
+                    }
+                    self.synced.insert(origin.clone());
+                    out.push(op);
+                }
+                Op::Nack { .. } => out.push(op),
+            }
+        }
+        let mut outcome = Outcome { appended: None, changed: 0, version: self.state.version };
+        if out.is_empty() {
+            return Ok(outcome);
+        }
+        let range = {
+            let (store, origin, ops) = (self.shared.store.clone(), origin.clone(), out.clone());
+            tokio::task::spawn_blocking(move || store.append(&origin, &ops)).await.map_err(|e| HubError::Task(e.to_string()))??
+        };
+        self.shared.metrics.events_appended.inc_by(range.len());
+        let at = SystemTime::now();
+        for (i, op) in out.into_iter().enumerate() {
+            let ev = Event { seq: range.first + i as u64, at, origin: origin.clone(), op };
+            if self.state.apply(ev) != Applied::Unchanged {
+                outcome.changed += 1;
+            }
+        }
+        outcome.appended = Some((range.first, range.last));
+        outcome.version = self.state.version;
+        if outcome.changed > 0 {
+            let now = Instant::now();
+            self.pending_since.get_or_insert(now);
+            self.last_change = Some(now);
+        }
+        if !self.ready && self.cfg.sources.iter().all(|s| self.synced.contains(s)) {
+            self.ready = true;
+            self.publish();
+        }
+        if self.shared.degraded.load(Ordering::Relaxed) && self.cfg.sources.iter().all(|s| self.synced.contains(s)) {
+            self.shared.degraded.store(false, Ordering::Relaxed);
+        }
+        self.maybe_checkpoint();
+        Ok(outcome)
+    }
+
+    /// Writes a checkpoint in the background every `checkpoint_every_events`.
+    fn maybe_checkpoint(&mut self) {
+        if self.checkpointing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if self.state.seq - self.checkpointed < self.cfg.checkpoint_every_events {
+            return;
+        }
+        let (store, state) = (self.shared.store.clone(), self.state.clone());
+        self.checkpointed = state.seq;
+        self.checkpointing = Some(tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            match store.write_checkpoint(&state) {
+                Ok(()) => tracing::info!(seq = state.seq, ms = t.elapsed().as_millis() as u64, "checkpoint written"),
+                Err(e) => tracing::error!(seq = state.seq, "checkpoint failed (the log is intact): {e}"),
+            }
+        }));
+    }
+}

@@ -1,0 +1,178 @@
+//! Admin HTTP (`--admin-listen`, default 127.0.0.1:18001).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}` |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /debug/snapshot` | `{version, seq, counts}`; `?resources=1` adds every resource with its encoded bytes (base64) |
+//! | `GET /debug/sources` | health of each source, with its current validation errors |
+//! | `GET /v1/history?key=KEY` | every change of one object, newest first (docs/cli.md shape) |
+//! | `GET /v1/log?from=SEQ&limit=N` | log entries in seq order (default limit 100, at most 10000) |
+//! | `GET /v1/state?at=SEQ` | the config as of a seq (default: the end of the log), as `keelson state --json` |
+//!
+//! Other routes (the push API source) are merged in by the binary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use keelson_hub::{HubHandle, ResourceKey};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct Admin {
+    hub: HubHandle,
+    registry: Arc<Registry>,
+}
+
+pub fn router(hub: HubHandle, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/snapshot", get(snapshot))
+        .route("/debug/sources", get(sources))
+        .route("/v1/history", get(history))
+        .route("/v1/log", get(log))
+        .route("/v1/state", get(state))
+        .with_state(Admin { hub, registry })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    match a.hub.current() {
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet: waiting for sources to sync"),
+        Some(s) => axum::Json(json!({ "version": s.version, "degraded": a.hub.degraded() })).into_response(),
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &a.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    resources: Option<u8>,
+}
+
+async fn snapshot(State(a): State<Admin>, Query(q): Query<SnapshotQuery>) -> Response {
+    let Some(s) = a.hub.current() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet");
+    };
+    let counts: BTreeMap<String, usize> =
+        s.counts.iter().map(|((g, k), n)| (format!("{}/{k}", if g.is_empty() { "core" } else { g }), *n)).collect();
+    let mut body = json!({ "version": s.version, "seq": s.seq, "counts": counts, "degraded": a.hub.degraded() });
+    if q.resources.unwrap_or(0) != 0 {
+        body["resources"] = Value::Array(s.resources.iter().map(|(k, e)| resource_json(k, e)).collect());
+    }
+    axum::Json(body).into_response()
+}
+
+/// One resource of a snapshot or state; the same shape as `keelson state --json`.
+pub fn resource_json(key: &ResourceKey, e: &keelson_hub::ResourceEntry) -> Value {
+    json!({
+        "key": key.to_string(),
+        "version": e.version,
+        "origin": e.origin.to_string(),
+        "location": e.location,
+        "hash": format!("{:032x}", e.body.hash()),
+        "encoded": e.encoded.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        "body": e.body.to_value(),
+    })
+}
+
+async fn sources(State(a): State<Admin>) -> Response {
+    axum::Json(json!(a.hub.health())).into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    key: String,
+}
+
+async fn history(State(a): State<Admin>, Query(q): Query<HistoryQuery>) -> Response {
+    let key = match ResourceKey::parse(&q.key) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let store = a.hub.store().clone();
+    let result = tokio::task::spawn_blocking(move || {
+        store.history(&key).map(|ev| ev.map(|ev| keelson_hub::json::event_json(&ev))).collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match result {
+        Ok(Ok(events)) => axum::Json(Value::Array(events)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn log(State(a): State<Admin>, Query(q): Query<LogQuery>) -> Response {
+    let store = a.hub.store().clone();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let result = tokio::task::spawn_blocking(move || {
+        let from = q.from.unwrap_or(store.log().first_seq());
+        store.entries_from(from).take(limit).map(|e| e.map(|e| keelson_hub::json::entry_json(&e))).collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match result {
+        Ok(Ok(entries)) => axum::Json(Value::Array(entries)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A rebuilt state as `keelson state --json` and `/v1/state` print it.
+pub fn state_json(r: &keelson_hub::Rebuilt) -> Value {
+    json!({
+        "version": r.state.version,
+        "seq": r.state.seq,
+        "from_checkpoint": r.from_checkpoint,
+        "gaps": r.gaps,
+        "resources": r.state.resources.iter().map(|(k, e)| resource_json(k, e)).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    at: Option<u64>,
+}
+
+async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response {
+    let store = a.hub.store().clone();
+    match tokio::task::spawn_blocking(move || store.state_at(q.at.unwrap_or(u64::MAX))).await {
+        Ok(Ok(r)) => axum::Json(state_json(&r)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
