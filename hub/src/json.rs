@@ -58,4 +58,3 @@ pub fn gap_name(kind: RecordKind) -> &'static str {
         RecordKind::Event => "event",
     }
 }
-

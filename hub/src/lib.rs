@@ -8,8 +8,8 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod envoy;
-pub mod json;
 pub mod event;
+pub mod json;
 pub mod kinds;
 pub mod metrics;
 pub mod object;
@@ -19,9 +19,9 @@ pub mod state;
 pub mod store;
 
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
-pub use state::{Applied, ResourceEntry, State};
 pub use runtime::{Hub, HubConfig, HubHandle, Outcome, SourceHealth};
 pub use snapshot::Snapshot;
+pub use state::{Applied, ResourceEntry, State};
 pub use store::{EventStore, LogEntry, Rebuilt};
 
 /// Errors of the hub library. The binary adds context with anyhow.

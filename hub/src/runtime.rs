@@ -22,12 +22,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::HubError;
 use crate::event::{Event, Op, ResourceKey, SourceId};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::state::{Applied, State};
 use crate::store::EventStore;
-use crate::HubError;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -106,7 +106,12 @@ impl HubHandle {
 
     /// Like `submit`, for a listing that could not read some files: objects
     /// whose location is in one of `keep_files` are not reconciled away.
-    pub async fn submit_keeping(&self, origin: SourceId, ops: Vec<Op>, keep_files: Vec<String>) -> Result<Outcome, HubError> {
+    pub async fn submit_keeping(
+        &self,
+        origin: SourceId,
+        ops: Vec<Op>,
+        keep_files: Vec<String>,
+    ) -> Result<Outcome, HubError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Submission { origin, ops, keep_files, reply }).await.map_err(|_| HubError::Stopped)?;
         rx.await.map_err(|_| HubError::Stopped)?
@@ -158,10 +163,15 @@ impl Hub {
     pub async fn start(store: EventStore, cfg: HubConfig, metrics: Metrics) -> Result<Hub, HubError> {
         let rebuilt = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.state_at(u64::MAX)).await.map_err(|e| HubError::Task(e.to_string()))??
+            tokio::task::spawn_blocking(move || store.state_at(u64::MAX))
+                .await
+                .map_err(|e| HubError::Task(e.to_string()))??
         };
         if !rebuilt.gaps.is_empty() {
-            tracing::warn!(gaps = rebuilt.gaps.len(), "replay crossed lost or compacted records; sources will reconcile");
+            tracing::warn!(
+                gaps = rebuilt.gaps.len(),
+                "replay crossed lost or compacted records; sources will reconcile"
+            );
         }
         let warm = rebuilt.state.seq > 0;
         tracing::info!(
@@ -222,7 +232,11 @@ struct Ingest {
 }
 
 impl Ingest {
-    async fn run(mut self, mut rx: mpsc::Receiver<Submission>, mut stop: oneshot::Receiver<()>) -> Result<(), HubError> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Submission>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<(), HubError> {
         let sync_deadline = Instant::now() + self.cfg.sync_timeout;
         if self.ready {
             self.publish();
@@ -251,7 +265,9 @@ impl Ingest {
         }
         if self.state.seq > self.checkpointed {
             let (store, state) = (self.shared.store.clone(), self.state.clone());
-            tokio::task::spawn_blocking(move || store.write_checkpoint(&state)).await.map_err(|e| HubError::Task(e.to_string()))??;
+            tokio::task::spawn_blocking(move || store.write_checkpoint(&state))
+                .await
+                .map_err(|e| HubError::Task(e.to_string()))??;
             tracing::info!(seq = self.state.seq, "final checkpoint written");
         }
         let store = self.shared.store.clone();
@@ -286,7 +302,8 @@ impl Ingest {
 
     /// Filters, appends and applies one submission.
     async fn ingest(&mut self, origin: SourceId, ops: Vec<Op>, keep_files: &[String]) -> Result<Outcome, HubError> {
-        let kept = |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
+        let kept =
+            |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {
@@ -334,7 +351,9 @@ impl Ingest {
         }
         let range = {
             let (store, origin, ops) = (self.shared.store.clone(), origin.clone(), out.clone());
-            tokio::task::spawn_blocking(move || store.append(&origin, &ops)).await.map_err(|e| HubError::Task(e.to_string()))??
+            tokio::task::spawn_blocking(move || store.append(&origin, &ops))
+                .await
+                .map_err(|e| HubError::Task(e.to_string()))??
         };
         self.shared.metrics.events_appended.inc_by(range.len());
         let at = SystemTime::now();

@@ -32,7 +32,11 @@ impl Snapshot {
     }
 
     /// Resources of one kind, in key order.
-    pub fn of_kind<'a>(&'a self, group: &str, kind: &str) -> impl Iterator<Item = (&'a ResourceKey, &'a Arc<ResourceEntry>)> {
+    pub fn of_kind<'a>(
+        &'a self,
+        group: &str,
+        kind: &str,
+    ) -> impl Iterator<Item = (&'a ResourceKey, &'a Arc<ResourceEntry>)> {
         let start = ResourceKey::new(group, kind, "", "");
         let (group, kind) = (group.to_string(), kind.to_string());
         self.resources.range(start..).take_while(move |(k, _)| k.group == group && k.kind == kind)

@@ -29,10 +29,17 @@ pub struct ResourceEntry {
 
 impl ResourceEntry {
     /// Builds an entry and encodes its wire form.
-    pub fn new(key: &ResourceKey, version: u64, body: Body, origin: SourceId, source_version: String, location: String) -> Self {
-        let encoded = kinds::lookup(&key.group, &key.kind).and_then(|info| encode_resource(info, &body)).and_then(|r| {
-            r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok()
-        });
+    pub fn new(
+        key: &ResourceKey,
+        version: u64,
+        body: Body,
+        origin: SourceId,
+        source_version: String,
+        location: String,
+    ) -> Self {
+        let encoded = kinds::lookup(&key.group, &key.kind)
+            .and_then(|info| encode_resource(info, &body))
+            .and_then(|r| r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok());
         ResourceEntry { version, body, origin, source_version, location, encoded }
     }
 }

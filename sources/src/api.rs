@@ -36,14 +36,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+/// The response refusing the request, if it is not authorized.
+fn refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &state.token else {
-        return Err(error(StatusCode::FORBIDDEN, "the API source is disabled: set [api] token_file"));
+        return Some(error(StatusCode::FORBIDDEN, "the API source is disabled: set [api] token_file"));
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(t) if t == token => Ok(()),
-        _ => Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")),
+        Some(t) if t == token => None,
+        _ => Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")),
     }
 }
 
@@ -58,7 +60,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Str
     if yaml {
         serde_yaml::from_slice(body).map_err(|e| format!("body is not valid YAML: {e}"))
     } else {
-        serde_json::from_slice(body).or_else(|_| serde_yaml::from_slice(body)).map_err(|e| format!("body is neither JSON nor YAML: {e}"))
+        serde_json::from_slice(body)
+            .or_else(|_| serde_yaml::from_slice(body))
+            .map_err(|e| format!("body is neither JSON nor YAML: {e}"))
     }
 }
 
@@ -68,14 +72,19 @@ async fn upsert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    if let Some(r) = refusal(&state, &headers) {
         return r;
     }
     let key = path_key(path);
     let object = match parse_body(&headers, &body).and_then(|v| parse_object(&v)) {
         Ok(o) => o,
         Err(e) => {
-            state.hub.metrics().validation_errors.get_or_create(&keelson_hub::metrics::Metrics::source(&state.id.to_string())).inc();
+            state
+                .hub
+                .metrics()
+                .validation_errors
+                .get_or_create(&keelson_hub::metrics::Metrics::source(&state.id.to_string()))
+                .inc();
             return error(StatusCode::BAD_REQUEST, e);
         }
     };
@@ -93,8 +102,12 @@ async fn upsert(
     }
 }
 
-async fn delete(State(state): State<ApiState>, Path(path): Path<(String, String, String, String)>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+async fn delete(
+    State(state): State<ApiState>,
+    Path(path): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refusal(&state, &headers) {
         return r;
     }
     let key = path_key(path);
@@ -103,7 +116,8 @@ async fn delete(State(state): State<ApiState>, Path(path): Path<(String, String,
         Ok(o) if o.changed == 0 => error(StatusCode::NOT_FOUND, format!("{key} does not exist")),
         Ok(o) => {
             let seq = o.appended.map(|(_, last)| last);
-            (StatusCode::OK, axum::Json(json!({ "key": key.to_string(), "seq": seq, "version": o.version }))).into_response()
+            (StatusCode::OK, axum::Json(json!({ "key": key.to_string(), "seq": seq, "version": o.version })))
+                .into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -18,5 +18,9 @@ use tokio::sync::watch;
 /// A running source. `run` returns when `shutdown` turns true.
 pub trait Source: Send + 'static {
     fn id(&self) -> &SourceId;
-    fn run(self: Box<Self>, hub: HubHandle, shutdown: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn run(
+        self: Box<Self>,
+        hub: HubHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }

@@ -10,11 +10,15 @@ use anyhow::{Context, Result, bail};
 
 /// GETs `path` (with query) from `base` (`http://host:port`) and parses the JSON body.
 pub fn get_json(base: &str, path_and_query: &str) -> Result<serde_json::Value> {
-    let authority = base.strip_prefix("http://").with_context(|| format!("{base}: only http:// admin URLs are supported"))?;
+    let authority =
+        base.strip_prefix("http://").with_context(|| format!("{base}: only http:// admin URLs are supported"))?;
     let authority = authority.trim_end_matches('/');
     let mut stream = TcpStream::connect(authority).with_context(|| format!("cannot reach the admin API at {base}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path_and_query} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("malformed HTTP response")?;

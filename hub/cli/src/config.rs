@@ -178,7 +178,11 @@ impl ServeConfig {
                 .unwrap_or(Duration::from_secs(60)),
             quiet: duration_or("snapshot.quiet", cf.snapshot.quiet.as_deref(), Duration::from_millis(100))?,
             max_delay: duration_or("snapshot.max_delay", cf.snapshot.max_delay.as_deref(), Duration::from_secs(1))?,
-            sync_timeout: duration_or("snapshot.sync_timeout", cf.snapshot.sync_timeout.as_deref(), Duration::from_secs(30))?,
+            sync_timeout: duration_or(
+                "snapshot.sync_timeout",
+                cf.snapshot.sync_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
             file_rescan: duration_or("file.rescan", cf.file.rescan.as_deref(), Duration::from_secs(10))?,
             api_token_file: flags.api_token_file.or(cf.api.token_file.map(|p| base.join(p))),
         })

@@ -38,14 +38,27 @@ fn print_values(values: &[Value], json: bool, line: impl Fn(&Value) -> String) -
 
 fn value_line(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    format!("{:>8}  {}  {:<24} {:<10} {}", v["seq"], s("at"), v["origin"]["kind"].as_str().map_or("-".into(), |k| format!("{k}/{}", s_origin(v))), s("op"), s("key"))
+    format!(
+        "{:>8}  {}  {:<24} {:<10} {}",
+        v["seq"],
+        s("at"),
+        v["origin"]["kind"].as_str().map_or("-".into(), |k| format!("{k}/{}", s_origin(v))),
+        s("op"),
+        s("key")
+    )
 }
 
 fn s_origin(v: &Value) -> String {
     v["origin"]["name"].as_str().unwrap_or_default().to_string()
 }
 
-pub fn log(data_dir: &Path, from: Option<u64>, limit: Option<usize>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
+pub fn log(
+    data_dir: &Path,
+    from: Option<u64>,
+    limit: Option<usize>,
+    json: bool,
+    admin: Option<&str>,
+) -> Result<ExitCode> {
     if let Some(base) = admin {
         let mut q = format!("/v1/log?limit={}", limit.unwrap_or(10_000));
         if let Some(from) = from {
@@ -90,7 +103,8 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
     let key = ResourceKey::parse(key).map_err(anyhow::Error::msg)?;
     let events: Vec<Value> = match admin {
         Some(base) => {
-            let v = admin_client::get_json(base, &format!("/v1/history?key={}", admin_client::encode(&key.to_string())))?;
+            let v =
+                admin_client::get_json(base, &format!("/v1/history?key={}", admin_client::encode(&key.to_string())))?;
             v.as_array().cloned().unwrap_or_default()
         }
         None => {
@@ -112,15 +126,26 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
             // Oldest first, so each diff reads as "what this change did".
             let mut previous = String::new();
             for v in events.iter().rev() {
-                let loc = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!(" from {l}")).unwrap_or_default();
+                let loc =
+                    v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!(" from {l}")).unwrap_or_default();
                 let who = format!("{}/{}", v["origin"]["kind"].as_str().unwrap_or("-"), s_origin(v));
-                let header = format!("=== seq {} {} {} by {who}{loc}", v["seq"], v["at"].as_str().unwrap_or_default(), v["op"].as_str().unwrap_or_default());
+                let header = format!(
+                    "=== seq {} {} {} by {who}{loc}",
+                    v["seq"],
+                    v["at"].as_str().unwrap_or_default(),
+                    v["op"].as_str().unwrap_or_default()
+                );
                 let current = match v.get("body") {
                     Some(body) => serde_yaml::to_string(body).unwrap_or_default(),
                     None => String::new(),
                 };
                 let diff = similar::TextDiff::from_lines(&previous, &current);
-                let text = format!("{header}\n{}", diff.unified_diff().context_radius(3).header(&format!("seq before {}", v["seq"]), &format!("seq {}", v["seq"])));
+                let text = format!(
+                    "{header}\n{}",
+                    diff.unified_diff()
+                        .context_radius(3)
+                        .header(&format!("seq before {}", v["seq"]), &format!("seq {}", v["seq"]))
+                );
                 if !render::emit(&mut out, &text)? {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -137,7 +162,8 @@ fn resolve_at(store: &EventStore, at: Option<&str>) -> Result<u64> {
     if let Ok(seq) = at.parse::<u64>() {
         return Ok(seq);
     }
-    let t = humantime::parse_rfc3339_weak(at).with_context(|| format!("--at {at:?} is neither a seq nor an RFC 3339 time"))?;
+    let t = humantime::parse_rfc3339_weak(at)
+        .with_context(|| format!("--at {at:?} is neither a seq nor an RFC 3339 time"))?;
     let after = store.log().seq_at_or_after(t + std::time::Duration::from_nanos(1))?;
     Ok(after.map_or(store.log().last_seq(), |s| s.saturating_sub(1)))
 }
@@ -145,7 +171,8 @@ fn resolve_at(store: &EventStore, at: Option<&str>) -> Result<u64> {
 pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
     let doc = match admin {
         Some(base) => {
-            let q = at.map(|a| format!("/v1/state?at={}", admin_client::encode(a))).unwrap_or_else(|| "/v1/state".into());
+            let q =
+                at.map(|a| format!("/v1/state?at={}", admin_client::encode(a))).unwrap_or_else(|| "/v1/state".into());
             admin_client::get_json(base, &q)?
         }
         None => {
@@ -159,13 +186,27 @@ pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>)
         println!("{doc}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("version {} (log seq {}), {} resources", doc["version"], doc["seq"], doc["resources"].as_array().map_or(0, Vec::len));
+    println!(
+        "version {} (log seq {}), {} resources",
+        doc["version"],
+        doc["seq"],
+        doc["resources"].as_array().map_or(0, Vec::len)
+    );
     if let Some(gaps) = doc["gaps"].as_array().filter(|g| !g.is_empty()) {
-        println!("warning: rebuilt across {} compacted or lost records; this may differ from what was served", gaps.len());
+        println!(
+            "warning: rebuilt across {} compacted or lost records; this may differ from what was served",
+            gaps.len()
+        );
     }
     let rows = doc["resources"].as_array().cloned().unwrap_or_default();
     print_values(&rows, false, |r| {
-        format!("{:>8}  {:<64} {}  {}", r["version"], r["key"].as_str().unwrap_or_default(), r["origin"].as_str().unwrap_or_default(), r["location"].as_str().unwrap_or_default())
+        format!(
+            "{:>8}  {:<64} {}  {}",
+            r["version"],
+            r["key"].as_str().unwrap_or_default(),
+            r["origin"].as_str().unwrap_or_default(),
+            r["location"].as_str().unwrap_or_default()
+        )
     })
 }
 

@@ -122,11 +122,15 @@ fn main() -> ExitCode {
             let flags = config::Overrides { data_dir, grpc_listen, admin_listen, sources, api_token_file };
             config::ServeConfig::load(config.as_deref(), flags).and_then(serve::run).map(|()| ExitCode::SUCCESS)
         }
-        Command::Log { data_dir, from, limit, json, admin } => inspect::log(&data_dir, from, limit, json, admin.as_deref()),
+        Command::Log { data_dir, from, limit, json, admin } => {
+            inspect::log(&data_dir, from, limit, json, admin.as_deref())
+        }
         Command::History { key, data_dir, json, diff, admin } => {
             inspect::history(&data_dir, &key, inspect::HistoryFormat::from_flags(json, diff), admin.as_deref())
         }
-        Command::State { data_dir, at, json, admin } => inspect::state(&data_dir, at.as_deref(), json, admin.as_deref()),
+        Command::State { data_dir, at, json, admin } => {
+            inspect::state(&data_dir, at.as_deref(), json, admin.as_deref())
+        }
         Command::Validate { paths } => inspect::validate(&paths),
         Command::Verify { data_dir, repair, json } => inspect::verify(&data_dir, repair, json),
     };

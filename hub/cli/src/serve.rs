@@ -44,7 +44,8 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let token = match &cfg.api_token_file {
         None => None,
         Some(path) => {
-            let t = std::fs::read_to_string(path).with_context(|| format!("cannot read [api] token_file {}", path.display()))?;
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read [api] token_file {}", path.display()))?;
             let t = t.trim().to_string();
             anyhow::ensure!(!t.is_empty(), "[api] token_file {} is empty", path.display());
             Some(t)
@@ -76,7 +77,8 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let admin = tokio::spawn(keelson_sinks::admin::serve(listener, router, async move {
         let _ = admin_stop.wait_for(|stop| *stop).await;
     }));
-    let source_tasks: Vec<_> = sources.into_iter().map(|s| tokio::spawn(s.run(handle.clone(), stop_rx.clone()))).collect();
+    let source_tasks: Vec<_> =
+        sources.into_iter().map(|s| tokio::spawn(s.run(handle.clone(), stop_rx.clone()))).collect();
     tracing::info!(admin = %admin_addr, grpc = %cfg.grpc_listen, data_dir = %cfg.data_dir.display(), "serving (xDS sink not built yet)");
 
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
@@ -107,7 +109,8 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
 
 async fn compact(store: &EventStore, retention: &Retention) -> Result<()> {
     let (store, retention) = (store.clone(), retention.clone());
-    let report = tokio::task::spawn_blocking(move || store.log().compact(&retention, std::time::SystemTime::now())).await??;
+    let report =
+        tokio::task::spawn_blocking(move || store.log().compact(&retention, std::time::SystemTime::now())).await??;
     if report.removed_by_age + report.compacted_versions > 0 {
         tracing::info!(?report, "retention applied");
     }

@@ -1,9 +1,9 @@
 //! `keelson log`, `history`, `verify` and `serve` against data dirs the tests write.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use keelson_hub::{Body, EventStore, Op, ResourceKey, SourceId, SourceKind};
 use keelson_storage::OpenOptions;
@@ -142,45 +142,18 @@ fn inspecting_a_missing_dir_is_an_error_not_a_new_store() {
     assert!(!missing.exists(), "log must not create a data dir");
 }
 
-/// Polls a child's stderr for a line containing `needle`, within a deadline.
-fn wait_for_line(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str, deadline: Instant) -> String {
-    let mut seen = String::new();
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if line.contains(needle) {
-                    return line;
-                }
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            _ => break,
-        }
-    }
-    panic!("no line containing {needle:?}; output so far:\n{seen}");
-}
-
 #[test]
 fn serve_rebuilds_state_and_checkpoints_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     write_fixture(dir.path());
     let d = dir.path().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["serve", "--data-dir", d, "--source", "file:/nonexistent"])
-        .env("KEELSON_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let rebuilt = wait_for_line(&mut lines, "state rebuilt", deadline);
-    assert!(rebuilt.contains("version=7") && rebuilt.contains("resources=1"), "{rebuilt}");
-    wait_for_line(&mut lines, "serving", deadline);
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    wait_for_line(&mut lines, "checkpoint written", deadline);
-    assert!(child.wait().unwrap().success());
+    // The source directory does not exist: the hub serves its log (a warm start).
+    let s = support::Serve::start(dir.path(), &["--source", "file:/nonexistent"]);
+    let ready = s.wait_for("/readyz", "readiness", |status, _| status == 200);
+    assert_eq!(ready["version"], 6, "the last change (seq 7 is a NACK record, not a change)");
+    let log = s.sigterm();
+    assert!(log.contains("state rebuilt from the log") && log.contains("resources=1"), "{log}");
+    assert!(log.contains("final checkpoint written"), "{log}");
     let report: Value = serde_json::from_slice(&keelson(&["verify", "--data-dir", d, "--json"]).stdout).unwrap();
     assert_eq!(report["checkpoints"], serde_json::json!([7]));
     // The checkpoint reproduces the replayed state.

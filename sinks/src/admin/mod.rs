@@ -142,7 +142,11 @@ async fn log(State(a): State<Admin>, Query(q): Query<LogQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).min(10_000);
     let result = tokio::task::spawn_blocking(move || {
         let from = q.from.unwrap_or(store.log().first_seq());
-        store.entries_from(from).take(limit).map(|e| e.map(|e| keelson_hub::json::entry_json(&e))).collect::<Result<Vec<_>, _>>()
+        store
+            .entries_from(from)
+            .take(limit)
+            .map(|e| e.map(|e| keelson_hub::json::entry_json(&e)))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await;
     match result {

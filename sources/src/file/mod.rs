@@ -59,7 +59,11 @@ impl Source for FileSource {
         &self.id
     }
 
-    fn run(self: Box<Self>, hub: HubHandle, shutdown: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn run(
+        self: Box<Self>,
+        hub: HubHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(Driver::new(*self, hub).run(shutdown))
     }
 }
@@ -149,7 +153,8 @@ impl Driver {
         // A full listing when first synced, or when the set of files whose
         // objects the hub keeps for us changed (fixed or deleted while broken).
         let relist = self.submitted.is_none() || (!self.kept.is_empty() && self.kept != broken);
-        let ops = if relist { full_listing(&desired) } else { diff(self.submitted.as_ref().expect("synced"), &desired) };
+        let ops =
+            if relist { full_listing(&desired) } else { diff(self.submitted.as_ref().expect("synced"), &desired) };
         if ops.is_empty() {
             return self.up();
         }
@@ -206,7 +211,9 @@ fn merge(files: &BTreeMap<String, Vec<FileObject>>) -> (BTreeMap<ResourceKey, Fi
     let mut errors = Vec::new();
     for obj in files.values().flatten() {
         match out.get(&obj.object.key) {
-            Some(first) => errors.push(format!("{}: {} is already defined at {}", obj.location, obj.object.key, first.location)),
+            Some(first) => {
+                errors.push(format!("{}: {} is already defined at {}", obj.location, obj.object.key, first.location))
+            }
             None => {
                 out.insert(obj.object.key.clone(), obj.clone());
             }
@@ -258,14 +265,18 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>) {
     for path in paths {
         if path.is_dir() {
             match parse::read_tree(path) {
-                Ok(tree) => files.extend(tree.into_iter().map(|(rel, r)| (path.join(&rel).display().to_string(), prefixed(path, r)))),
+                Ok(tree) => files.extend(
+                    tree.into_iter().map(|(rel, r)| (path.join(&rel).display().to_string(), prefixed(path, r))),
+                ),
                 Err(e) => errors.push(format!("{}: cannot read: {e}", path.display())),
             }
         } else {
             let display = path.display().to_string();
             let result = match std::fs::read_to_string(path) {
                 Ok(text) => parse::parse_file(&display, &text),
-                Err(e) => Err(vec![parse::FileError { path: display.clone(), line: 0, message: format!("cannot read: {e}") }]),
+                Err(e) => {
+                    Err(vec![parse::FileError { path: display.clone(), line: 0, message: format!("cannot read: {e}") }])
+                }
             };
             files.insert(display, result);
         }

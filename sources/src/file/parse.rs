@@ -87,7 +87,9 @@ pub fn parse_file(display: &str, text: &str) -> FileResult {
             continue; // an empty document: comments only
         }
         match parse_object(&value) {
-            Ok(object) => objects.push(FileObject { object, location: format!("{display}:{}", start + leading_blank(&doc)) }),
+            Ok(object) => {
+                objects.push(FileObject { object, location: format!("{display}:{}", start + leading_blank(&doc)) })
+            }
             Err(message) => errors.push(err(start + leading_blank(&doc), message)),
         }
     }
@@ -161,7 +163,8 @@ mod tests {
 
     #[test]
     fn json_files_parse_too() {
-        let objs = parse_file("c.json", r#"{"apiVersion":"xds.keelson.dev/v1","kind":"Cluster","spec":{"name":"c"}}"#).unwrap();
+        let objs = parse_file("c.json", r#"{"apiVersion":"xds.keelson.dev/v1","kind":"Cluster","spec":{"name":"c"}}"#)
+            .unwrap();
         assert_eq!(objs[0].object.key.name, "c");
         let errs = parse_file("c.json", "{\n  \"kind\": \n}").unwrap_err();
         assert_eq!(errs[0].line, 3);

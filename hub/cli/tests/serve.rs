@@ -1,0 +1,217 @@
+//! `keelson serve` with a file source, end to end: files → log → snapshot,
+//! edits, broken saves, deletions, an outage of the directory, SIGKILL and
+//! warm restart, and `state --at` reproducing what was served.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Serve, keelson, log_ops, quickstart};
+
+const VS: &str = "networking.istio.io/VirtualService/default/reviews";
+
+fn count(ops: &[serde_json::Value], op: &str) -> usize {
+    ops.iter().filter(|o| o["op"] == op).count()
+}
+
+fn ready(s: &Serve) -> serde_json::Value {
+    s.wait_for("/readyz", "readiness", |status, _| status == 200)
+}
+
+fn snapshot(s: &Serve) -> serde_json::Value {
+    s.get("/debug/snapshot?resources=1").1
+}
+
+#[test]
+fn files_become_one_durable_batch_and_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let v = ready(&s);
+    assert_eq!(v["degraded"], false);
+    let snap = snapshot(&s);
+    assert_eq!(snap["counts"]["xds.keelson.dev/Cluster"], 1);
+    assert_eq!(snap["counts"]["networking.istio.io/VirtualService"], 1);
+    assert_eq!(snap["resources"].as_array().unwrap().len(), 6);
+    // Envoy kinds carry their encoded Any; the version is a log seq.
+    let cluster =
+        snap["resources"].as_array().unwrap().iter().find(|r| r["key"] == "xds.keelson.dev/Cluster//reviews").unwrap();
+    assert!(cluster["encoded"].as_str().is_some_and(|e| !e.is_empty()));
+    s.sigterm();
+    let ops = log_ops(&data);
+    let kinds: Vec<&str> = ops.iter().map(|o| o["op"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"sync_start"));
+    assert_eq!(kinds.last(), Some(&"sync_done"));
+    assert_eq!(count(&ops, "upsert"), 6);
+    assert!(ops.iter().filter(|o| o["op"] == "upsert").all(|o| o["location"].as_str().unwrap().contains(".yaml:")));
+}
+
+#[test]
+fn an_edit_makes_exactly_one_new_version_and_a_broken_save_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    ready(&s);
+    let before = s.version();
+
+    let file = config.join("reviews.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20")).unwrap();
+    let after = s.wait_for("/debug/snapshot", "the edit", |_, v| v["version"].as_u64() > Some(before));
+    let history = s.get(&format!("/v1/history?key={VS}")).1;
+    assert_eq!(history.as_array().unwrap().len(), 2, "one new version of the edited object: {history}");
+    assert_eq!(history[0]["seq"], after["version"]);
+    assert_eq!(history[0]["body"]["spec"]["http"][0]["route"][0]["weight"], 80);
+
+    // A broken save: YAML that does not parse. The objects keep their last good version.
+    let edited = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, edited.replace("hosts: [reviews]", "hosts: [reviews")).unwrap();
+    let health = s.wait_for("/debug/sources", "the parse error", |_, v| {
+        v.as_object().unwrap().values().any(|h| h["errors"].as_array().is_some_and(|e| !e.is_empty()))
+    });
+    let errors = health.as_object().unwrap().values().next().unwrap()["errors"].to_string();
+    assert!(errors.contains("reviews.yaml:"), "errors name the file and line: {errors}");
+    let snap = snapshot(&s);
+    assert_eq!(snap["version"], after["version"], "a broken save changes nothing");
+    assert_eq!(snap["resources"].as_array().unwrap().len(), 6);
+    let metrics = support::http_text(&s.admin, "/metrics");
+    let line = metrics.lines().find(|l| l.starts_with("keelson_validation_errors_total{")).unwrap_or_default();
+    assert!(line.ends_with(" 1"), "one rejection counted: {line:?}");
+    // Fix it again: back to the edited content, which is already current, so no new version.
+    std::fs::write(&file, &edited).unwrap();
+    s.wait_for("/debug/sources", "errors to clear", |_, v| {
+        v.as_object().unwrap().values().all(|h| h["errors"].as_array().is_some_and(|e| e.is_empty()))
+    });
+    assert_eq!(s.version(), after["version"].as_u64().unwrap());
+}
+
+#[test]
+fn a_deleted_file_deletes_its_objects_and_a_missing_directory_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    ready(&s);
+    std::fs::remove_file(config.join("ingress.yaml")).unwrap();
+    let snap =
+        s.wait_for("/debug/snapshot", "the deletion", |_, v| v["counts"].get("xds.keelson.dev/Listener").is_none());
+    assert!(snap["counts"].get("xds.keelson.dev/RouteConfiguration").is_none());
+    assert_eq!(snap["counts"]["xds.keelson.dev/Cluster"], 1, "objects of other files stay");
+    let version = snap["version"].as_u64().unwrap();
+
+    // The whole directory goes away: the source is down, nothing is deleted.
+    std::fs::rename(&config, dir.path().join("elsewhere")).unwrap();
+    let health = s.wait_for("/debug/sources", "the source to go down", |_, v| {
+        v.as_object().unwrap().values().any(|h| h["up"] == false)
+    });
+    let h = health.as_object().unwrap().values().next().unwrap();
+    assert!(h["last_error"].as_str().unwrap().contains("cannot read"), "{h}");
+    let snap = snapshot(&s);
+    assert_eq!(snap["version"].as_u64(), Some(version));
+    assert_eq!(snap["resources"].as_array().unwrap().len(), 4);
+    let (_, readyz) = s.get("/readyz");
+    assert_eq!(readyz["version"].as_u64(), Some(version), "still ready, serving the last good config");
+}
+
+fn config_file(dir: &Path, source: &Path) -> std::path::PathBuf {
+    let path = dir.join("keelson.toml");
+    // A long sync_timeout: readiness after a warm restart must not come from it.
+    std::fs::write(&path, format!("sources = [\"file:{}\"]\n[snapshot]\nsync_timeout = \"120s\"\n", source.display()))
+        .unwrap();
+    path
+}
+
+#[test]
+fn sigkill_then_restart_without_the_directory_serves_the_same_version_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let cfg = config_file(dir.path(), &config);
+    let s = Serve::start(&data, &["--config", cfg.to_str().unwrap()]);
+    ready(&s);
+    let served = snapshot(&s);
+    s.sigkill();
+
+    // Restart with the source directory gone: the log alone is enough.
+    std::fs::rename(&config, dir.path().join("away")).unwrap();
+    let s = Serve::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let v = ready(&s);
+    assert_eq!(v["version"], served["version"]);
+    assert_eq!(snapshot(&s)["resources"], served["resources"], "same resources, same encoded bytes");
+    s.sigterm();
+
+    // Back with the directory unchanged: the relist creates no new versions.
+    let upserts_before = count(&log_ops(&data), "upsert");
+    std::fs::rename(dir.path().join("away"), &config).unwrap();
+    let s = Serve::start(&data, &["--config", cfg.to_str().unwrap()]);
+    s.wait_for("/debug/sources", "the resync", |_, v| v.as_object().unwrap().values().any(|h| h["synced"] == true));
+    assert_eq!(s.version(), served["version"].as_u64().unwrap());
+    s.sigterm();
+    let ops = log_ops(&data);
+    assert_eq!(count(&ops, "upsert"), upserts_before, "no new upserts after an unchanged relist");
+    assert_eq!(count(&ops, "delete"), 0);
+}
+
+#[test]
+fn state_at_reproduces_an_earlier_snapshot_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    ready(&s);
+    let earlier = snapshot(&s);
+    let v1 = earlier["version"].as_u64().unwrap();
+    let file = config.join("ingress.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("port_value: 10000", "port_value: 10001")).unwrap();
+    s.wait_for("/debug/snapshot", "the edit", |_, v| v["version"].as_u64() > Some(v1));
+    // Through the running hub...
+    let live = keelson(&["state", "--admin", &s.admin, "--at", &v1.to_string(), "--json"]);
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    let live: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
+    assert_eq!(live["resources"], earlier["resources"]);
+    s.sigterm();
+    // ...and from the data dir in another process, after the hub stopped.
+    let out = keelson(&["state", "--data-dir", data.to_str().unwrap(), "--at", &v1.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["version"].as_u64(), Some(v1));
+    assert_eq!(state["resources"], earlier["resources"], "same keys, versions, bodies and encoded bytes");
+}
+
+#[test]
+fn the_push_api_needs_its_token_and_returns_the_durable_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let s = Serve::start(&data, &["--api-token-file", token.to_str().unwrap()]);
+    ready(&s);
+    let path = "/v1/resources/networking.istio.io/VirtualService/default/ratings";
+    let body = r#"{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"ratings"},"spec":{"hosts":["ratings"]}}"#;
+    assert_eq!(s.put(path, "wrong", body).0, 401);
+    let (status, v) = s.put(path, "t0ken", body);
+    assert_eq!(status, 200, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    assert!(seq > 0);
+    // The same body again changes nothing and appends nothing.
+    let (_, again) = s.put(path, "t0ken", body);
+    assert_eq!((again["changed"].as_bool(), again["seq"].as_u64()), (Some(false), None));
+    // A body that does not validate, or names another object, is a 400 with the reason.
+    let (status, v) = s.put(
+        path,
+        "t0ken",
+        r#"{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"ratings"},"spec":{}}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("spec.hosts"));
+    let (status, _) = s.put("/v1/resources/networking.istio.io/VirtualService/default/other", "t0ken", body);
+    assert_eq!(status, 400);
+    s.wait_for("/debug/snapshot", "the API change", |_, v| v["version"].as_u64() == Some(seq));
+    let history = keelson(&["history", "VirtualService/default/ratings", "--admin", &s.admin, "--json"]);
+    let text = String::from_utf8(history.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains(&format!("\"seq\":{seq}")));
+}
