@@ -186,7 +186,7 @@ impl Hub {
         let (snap_tx, snapshots) = watch::channel(None);
         let shared = Arc::new(Shared { store, metrics, health: RwLock::default(), degraded: AtomicBool::new(false) });
         let (stop, stop_rx) = oneshot::channel();
-        let ingest = Ingest {
+        let mut ingest = Ingest {
             checkpointed: rebuilt.from_checkpoint,
             state: rebuilt.state,
             ready: warm || cfg.sources.is_empty(),
@@ -200,6 +200,11 @@ impl Hub {
             published: None,
             checkpointing: None,
         };
+        if ingest.ready {
+            // Warm restart (or nothing to wait for): serve the log's state
+            // before `start` returns, whatever the sources are doing.
+            ingest.publish();
+        }
         let task = tokio::spawn(ingest.run(rx, stop_rx));
         Ok(Hub { handle: HubHandle { tx, snapshots, shared }, stop, task })
     }
@@ -238,9 +243,6 @@ impl Ingest {
         mut stop: oneshot::Receiver<()>,
     ) -> Result<(), HubError> {
         let sync_deadline = Instant::now() + self.cfg.sync_timeout;
-        if self.ready {
-            self.publish();
-        }
         loop {
             let publish_at = self.publish_deadline();
             tokio::select! {

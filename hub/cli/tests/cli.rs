@@ -162,3 +162,35 @@ fn serve_rebuilds_state_and_checkpoints_on_sigterm() {
     assert_eq!(rebuilt.from_checkpoint, 7);
     assert_eq!(rebuilt.state.resources[&vs("reviews")].version, 5);
 }
+
+#[test]
+fn validate_reports_file_and_line_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "apiVersion: xds.keelson.dev/v1\nkind: Cluster\nspec: { name: c, connect_timeout: 1s }\n")
+        .unwrap();
+    let out = keelson(&["validate", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "# first\napiVersion: v1\nkind: Service\nmetadata: { name: s }\nspec: {}\n---\napiVersion: xds.keelson.dev/v1\nkind: Cluster\nspec: { name: c2, lb_policy: SOMETIMES }\n").unwrap();
+    let out = keelson(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("bad.yaml:7: spec is not a valid envoy.config.cluster.v3.Cluster: at lb_policy"), "{text}");
+    assert!(text.contains("1 error(s) in 2 file(s)"), "{text}");
+}
+
+#[test]
+fn history_diff_shows_what_each_change_did() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let out =
+        keelson(&["history", "VirtualService/default/reviews", "--data-dir", dir.path().to_str().unwrap(), "--diff"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let first = text.find("=== seq 2").expect("oldest version first");
+    let second = text.find("=== seq 5").expect("then the change");
+    assert!(first < second, "{text}");
+    assert!(text[second..].contains("+  - reviews.example"), "{text}");
+    assert!(text.contains("by file/quickstart from reviews.yaml:1"), "{text}");
+}
