@@ -11,6 +11,7 @@ pub mod envoy;
 pub mod event;
 pub mod json;
 pub mod kinds;
+pub mod lint;
 pub mod metrics;
 pub mod object;
 pub mod runtime;

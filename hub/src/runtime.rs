@@ -359,10 +359,24 @@ impl Ingest {
         };
         self.shared.metrics.events_appended.inc_by(range.len());
         let at = SystemTime::now();
+        let mut touched = Vec::new();
         for (i, op) in out.into_iter().enumerate() {
+            let upserted = match &op {
+                Op::Upsert { key, body, .. } => Some((key.clone(), body.clone())),
+                _ => None,
+            };
             let ev = Event { seq: range.first + i as u64, at, origin: origin.clone(), op };
             if self.state.apply(ev) != Applied::Unchanged {
                 outcome.changed += 1;
+                touched.extend(upserted);
+            }
+        }
+        // Checked after the whole batch, so a listing that defines both ends is quiet.
+        for (key, body) in &touched {
+            for target in crate::lint::references(key, body) {
+                if !self.state.resources.contains_key(&target) {
+                    tracing::warn!(source = %origin, "{}", crate::lint::dangling_warning(key, &target));
+                }
             }
         }
         outcome.appended = Some((range.first, range.last));

@@ -211,8 +211,8 @@ pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>)
 }
 
 pub fn validate(paths: &[std::path::PathBuf]) -> Result<ExitCode> {
-    let (checked, errors) = keelson_sources::file::validate_paths(paths);
-    for e in &errors {
+    let (checked, errors, warnings) = keelson_sources::file::validate_paths(paths);
+    for e in errors.iter().chain(&warnings) {
         println!("{e}");
     }
     if errors.is_empty() {

@@ -178,6 +178,17 @@ fn validate_reports_file_and_line_and_exits_one() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("bad.yaml:7: spec is not a valid envoy.config.cluster.v3.Cluster: at lb_policy"), "{text}");
     assert!(text.contains("1 error(s) in 2 file(s)"), "{text}");
+
+    // A dangling EDS reference is a warning; the files are still valid.
+    std::fs::remove_file(&bad).unwrap();
+    std::fs::write(&good, "apiVersion: xds.keelson.dev/v1\nkind: Cluster\nspec: { name: c, type: EDS, eds_cluster_config: { eds_config: { ads: {} } } }\n").unwrap();
+    let out = keelson(&["validate", dir.path().to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: xds.keelson.dev/Cluster//c refers to xds.keelson.dev/ClusterLoadAssignment//c"),
+        "{text}"
+    );
 }
 
 #[test]

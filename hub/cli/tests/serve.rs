@@ -210,6 +210,11 @@ fn the_push_api_needs_its_token_and_returns_the_durable_seq() {
     let (status, _) = s.put("/v1/resources/networking.istio.io/VirtualService/default/other", "t0ken", body);
     assert_eq!(status, 400);
     s.wait_for("/debug/snapshot", "the API change", |_, v| v["version"].as_u64() == Some(seq));
+    // Reading the data dir of a running hub: told it is locked and how to read it instead.
+    let locked = keelson(&["log", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(locked.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&locked.stderr);
+    assert!(stderr.contains("locked") && stderr.contains("--admin"), "{stderr}");
     let history = keelson(&["history", "VirtualService/default/ratings", "--admin", &s.admin, "--json"]);
     let text = String::from_utf8(history.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);

@@ -259,7 +259,9 @@ fn prefixed(root: &std::path::Path, result: FileResult) -> FileResult {
 }
 
 /// Checks files or directories offline, as `keelson validate` does.
-pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>) {
+/// Returns the number of files read, errors (file:line: reason) and
+/// warnings (references nothing among the given files defines).
+pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut files: BTreeMap<String, FileResult> = BTreeMap::new();
     for path in paths {
@@ -291,6 +293,17 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>) {
             Err(errs) => errors.extend(errs.iter().map(ToString::to_string)),
         }
     }
-    errors.extend(merge(&good).1);
-    (checked, errors)
+    let (objects, duplicates) = merge(&good);
+    errors.extend(duplicates);
+    let warnings = objects
+        .values()
+        .flat_map(|o| {
+            keelson_hub::lint::references(&o.object.key, &o.object.body)
+                .into_iter()
+                .filter(|t| !objects.contains_key(t))
+                .map(|t| format!("{}: warning: {}", o.location, keelson_hub::lint::dangling_warning(&o.object.key, &t)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (checked, errors, warnings)
 }
