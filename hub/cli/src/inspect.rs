@@ -11,8 +11,6 @@ use serde_json::Value;
 
 use crate::admin_client;
 
-use crate::render;
-
 fn open(data_dir: &Path) -> Result<EventStore> {
     EventStore::open(data_dir, OpenOptions::default()).map_err(|e| {
         let hint = if matches!(e, keelson_hub::HubError::Storage(keelson_storage::StorageError::Locked { .. })) {
@@ -29,27 +27,40 @@ fn print_values(values: &[Value], json: bool, line: impl Fn(&Value) -> String) -
     let mut out = BufWriter::new(io::stdout().lock());
     for v in values {
         let text = if json { v.to_string() } else { line(v) };
-        if !render::emit(&mut out, &text)? {
+        if !emit(&mut out, &text)? {
             return Ok(ExitCode::SUCCESS);
         }
     }
     flush(out)
 }
 
-fn value_line(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    format!(
-        "{:>8}  {}  {:<24} {:<10} {}",
-        v["seq"],
-        s("at"),
-        v["origin"]["kind"].as_str().map_or("-".into(), |k| format!("{k}/{}", s_origin(v))),
-        s("op"),
-        s("key")
-    )
+/// Writes a line, treating a closed pipe (`keelson log | head`) as a normal end.
+fn emit(out: &mut impl Write, line: &str) -> io::Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
-fn s_origin(v: &Value) -> String {
-    v["origin"]["name"].as_str().unwrap_or_default().to_string()
+fn origin(v: &Value) -> String {
+    match (v["origin"]["kind"].as_str(), v["origin"]["name"].as_str()) {
+        (Some(kind), Some(name)) => format!("{kind}/{name}"),
+        _ => "-".into(),
+    }
+}
+
+/// The human form of one log entry (the JSON shape of docs/cli.md), the same
+/// whether it was read from the data dir or through `--admin`.
+fn value_line(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or_default();
+    let detail = match s("op") {
+        "nack" => format!("{} rejected {} v{}: {}", s("node"), s("type_url"), s("version"), s("error")),
+        _ => s("key").to_string(),
+    };
+    let location = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({l})")).unwrap_or_default();
+    let seq = v["seq"].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
+    format!("{seq:>8}  {}  {:<24} {:<10} {detail}{location}", s("at"), origin(v), s("op"))
 }
 
 pub fn log(
@@ -71,9 +82,8 @@ pub fn log(
     let from = from.unwrap_or(store.log().first_seq());
     let mut out = BufWriter::new(io::stdout().lock());
     for entry in store.entries_from(from).take(limit.unwrap_or(usize::MAX)) {
-        let entry = entry?;
-        let line = if json { keelson_hub::json::entry_json(&entry).to_string() } else { render::entry_line(&entry) };
-        if !render::emit(&mut out, &line)? {
+        let v = keelson_hub::json::entry_json(&entry?);
+        if !emit(&mut out, &if json { v.to_string() } else { value_line(&v) })? {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -117,10 +127,7 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
     }
     match format {
         HistoryFormat::Json => print_values(&events, true, value_line),
-        HistoryFormat::Lines => print_values(&events, false, |v| {
-            let loc = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({l})")).unwrap_or_default();
-            format!("{}{loc}", value_line(v))
-        }),
+        HistoryFormat::Lines => print_values(&events, false, value_line),
         HistoryFormat::Diff => {
             let mut out = BufWriter::new(io::stdout().lock());
             // Oldest first, so each diff reads as "what this change did".
@@ -128,12 +135,12 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
             for v in events.iter().rev() {
                 let loc =
                     v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!(" from {l}")).unwrap_or_default();
-                let who = format!("{}/{}", v["origin"]["kind"].as_str().unwrap_or("-"), s_origin(v));
                 let header = format!(
-                    "=== seq {} {} {} by {who}{loc}",
+                    "=== seq {} {} {} by {}{loc}",
                     v["seq"],
                     v["at"].as_str().unwrap_or_default(),
-                    v["op"].as_str().unwrap_or_default()
+                    v["op"].as_str().unwrap_or_default(),
+                    origin(v)
                 );
                 let current = match v.get("body") {
                     Some(body) => serde_yaml::to_string(body).unwrap_or_default(),
@@ -146,7 +153,7 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
                         .context_radius(3)
                         .header(&format!("seq before {}", v["seq"]), &format!("seq {}", v["seq"]))
                 );
-                if !render::emit(&mut out, &text)? {
+                if !emit(&mut out, &text)? {
                     return Ok(ExitCode::SUCCESS);
                 }
                 previous = current;

@@ -4,7 +4,6 @@
 mod admin_client;
 mod config;
 mod inspect;
-mod render;
 mod serve;
 
 use std::net::SocketAddr;
