@@ -14,6 +14,15 @@ fn count(ops: &[serde_json::Value], op: &str) -> usize {
     ops.iter().filter(|o| o["op"] == op).count()
 }
 
+/// A hub serving a copy of examples/quickstart: (temp dir, config dir, data dir, hub).
+fn serve_quickstart() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, Serve) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart(dir.path());
+    let data = dir.path().join("data");
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    (dir, config, data, s)
+}
+
 fn ready(s: &Serve) -> serde_json::Value {
     s.wait_for("/readyz", "readiness", |status, _| status == 200)
 }
@@ -24,10 +33,7 @@ fn snapshot(s: &Serve) -> serde_json::Value {
 
 #[test]
 fn files_become_one_durable_batch_and_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = quickstart(dir.path());
-    let data = dir.path().join("data");
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let (_dir, _config, data, s) = serve_quickstart();
     let v = ready(&s);
     assert_eq!(v["degraded"], false);
     let snap = snapshot(&s);
@@ -49,10 +55,7 @@ fn files_become_one_durable_batch_and_a_snapshot() {
 
 #[test]
 fn an_edit_makes_exactly_one_new_version_and_a_broken_save_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = quickstart(dir.path());
-    let data = dir.path().join("data");
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let (_dir, config, _data, s) = serve_quickstart();
     ready(&s);
     let before = s.version();
 
@@ -89,10 +92,7 @@ fn an_edit_makes_exactly_one_new_version_and_a_broken_save_changes_nothing() {
 
 #[test]
 fn a_deleted_file_deletes_its_objects_and_a_missing_directory_deletes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = quickstart(dir.path());
-    let data = dir.path().join("data");
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let (dir, config, _data, s) = serve_quickstart();
     ready(&s);
     std::fs::remove_file(config.join("ingress.yaml")).unwrap();
     let snap =
@@ -156,10 +156,7 @@ fn sigkill_then_restart_without_the_directory_serves_the_same_version_at_once() 
 
 #[test]
 fn state_at_reproduces_an_earlier_snapshot_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = quickstart(dir.path());
-    let data = dir.path().join("data");
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let (dir, config, data, s) = serve_quickstart();
     ready(&s);
     let earlier = snapshot(&s);
     let v1 = earlier["version"].as_u64().unwrap();
