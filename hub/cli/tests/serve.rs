@@ -156,7 +156,7 @@ fn sigkill_then_restart_without_the_directory_serves_the_same_version_at_once() 
 
 #[test]
 fn state_at_reproduces_an_earlier_snapshot_byte_for_byte() {
-    let (dir, config, data, s) = serve_quickstart();
+    let (_dir, config, data, s) = serve_quickstart();
     ready(&s);
     let earlier = snapshot(&s);
     let v1 = earlier["version"].as_u64().unwrap();
