@@ -217,3 +217,36 @@ fn the_push_api_needs_its_token_and_returns_the_durable_seq() {
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains(&format!("\"seq\":{seq}")));
 }
+
+#[test]
+fn a_file_deleted_while_the_hub_was_down_is_deleted_on_resync() {
+    let (dir, config, data, s) = serve_quickstart();
+    ready(&s);
+    s.sigterm();
+    std::fs::remove_file(config.join("ingress.yaml")).unwrap();
+    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let snap =
+        s.wait_for("/debug/snapshot", "the reconcile", |_, v| v["counts"].get("xds.keelson.dev/Listener").is_none());
+    assert!(snap["counts"].get("xds.keelson.dev/RouteConfiguration").is_none());
+    s.sigterm();
+    let ops = log_ops(&data);
+    let deletes: Vec<_> = ops.iter().filter(|o| o["op"] == "delete").collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(deletes.iter().all(|d| d["source_version"] == "resync"));
+    drop(dir);
+}
+
+#[test]
+fn a_cold_hub_waits_for_its_sources_then_publishes_degraded_after_sync_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keelson.toml");
+    let missing = dir.path().join("not-there");
+    std::fs::write(&cfg, format!("sources = [\"file:{}\"]\n[snapshot]\nsync_timeout = \"2s\"\n", missing.display()))
+        .unwrap();
+    let s = Serve::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let (status, _) = s.get("/readyz");
+    assert_eq!(status, 503, "no snapshot before the source synced or the timeout passed");
+    let v = ready(&s);
+    assert_eq!(v["degraded"], true);
+    assert_eq!(v["version"], 0);
+}

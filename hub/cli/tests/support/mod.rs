@@ -25,6 +25,7 @@ impl Serve {
             .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"])
             .args(args)
             .env("KEELSON_LOG", "info")
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -44,7 +45,11 @@ impl Serve {
         });
         let admin = match rx.recv_timeout(DEADLINE) {
             Ok(Some(addr)) => format!("http://{addr}"),
-            _ => panic!("keelson serve did not start; log:\n{}", log.lock().unwrap()),
+            _ => {
+                let _ = child.kill(); // never leave a hub behind
+                let _ = child.wait();
+                panic!("keelson serve did not start; log:\n{}", log.lock().unwrap())
+            }
         };
         Serve { child, admin, log }
     }
