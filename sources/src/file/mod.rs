@@ -1,7 +1,8 @@
 //! The file source: a directory tree of YAML/JSON config objects.
 //!
-//! Each scan reads the whole tree (trees are small; a full read is simple
-//! and always right) and submits the difference from what it last submitted.
+//! Each scan reads the whole tree (a full read is simple and always right)
+//! but parses only files whose bytes changed, and submits the difference
+//! from what it last submitted.
 //! A file that fails to parse or validate keeps its last good objects; a
 //! missing or unreadable root marks the source down and changes nothing.
 //! Scans run on filesystem events (notify, on the root directory, so
@@ -79,6 +80,7 @@ struct Driver {
     /// Files broken at the last full listing, whose objects the hub kept.
     kept: BTreeSet<String>,
     errors: Vec<String>,
+    cache: parse::ParseCache,
 }
 
 impl Driver {
@@ -91,6 +93,7 @@ impl Driver {
             submitted: None,
             kept: BTreeSet::new(),
             errors: Vec::new(),
+            cache: parse::ParseCache::default(),
         }
     }
 
@@ -127,10 +130,18 @@ impl Driver {
     }
 
     async fn scan(&mut self) {
-        let root = self.cfg.root.clone();
-        let tree = match tokio::task::spawn_blocking(move || parse::read_tree(&root)).await {
-            Ok(Ok(tree)) => tree,
-            Ok(Err(e)) => return self.down(format!("cannot read {}: {e}", self.cfg.root.display())),
+        let (root, mut cache) = (self.cfg.root.clone(), std::mem::take(&mut self.cache));
+        let scanned = tokio::task::spawn_blocking(move || {
+            let tree = parse::read_tree(&root, &mut cache);
+            (cache, tree)
+        })
+        .await;
+        let tree = match scanned {
+            Ok((cache, Ok(tree))) => {
+                self.cache = cache;
+                tree
+            }
+            Ok((_, Err(e))) => return self.down(format!("cannot read {}: {e}", self.cfg.root.display())),
             Err(e) => return self.down(format!("scan task failed: {e}")),
         };
         self.last_good.retain(|file, _| tree.contains_key(file));
@@ -266,7 +277,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
     let mut files: BTreeMap<String, FileResult> = BTreeMap::new();
     for path in paths {
         if path.is_dir() {
-            match parse::read_tree(path) {
+            match parse::read_tree(path, &mut parse::ParseCache::default()) {
                 Ok(tree) => files.extend(
                     tree.into_iter().map(|(rel, r)| (path.join(&rel).display().to_string(), prefixed(path, r))),
                 ),

@@ -121,17 +121,35 @@ fn split_yaml(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// Parse results by file and content hash, so a rescan re-parses (and
+/// re-transcodes) only the files whose bytes changed: per-change work
+/// follows the change, not the size of the tree.
+#[derive(Default)]
+pub struct ParseCache {
+    files: BTreeMap<String, (u128, FileResult)>,
+}
+
 /// Reads every file below `root`. Returns per-file results in path order;
 /// an unreadable root is an error (the caller marks the source down).
-pub fn read_tree(root: &Path) -> std::io::Result<BTreeMap<String, FileResult>> {
+pub fn read_tree(root: &Path, cache: &mut ParseCache) -> std::io::Result<BTreeMap<String, FileResult>> {
     let mut out = BTreeMap::new();
+    let mut fresh = BTreeMap::new();
     for (rel, path) in list_files(root)? {
         let result = match std::fs::read_to_string(&path) {
-            Ok(text) => parse_file(&rel, &text),
+            Ok(text) => {
+                let hash = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+                let result = match cache.files.remove(&rel) {
+                    Some((cached, result)) if cached == hash => result,
+                    _ => parse_file(&rel, &text),
+                };
+                fresh.insert(rel.clone(), (hash, result.clone()));
+                result
+            }
             Err(e) => Err(vec![FileError { path: rel.clone(), line: 0, message: format!("cannot read: {e}") }]),
         };
         out.insert(rel, result);
     }
+    cache.files = fresh;
     Ok(out)
 }
 
@@ -159,6 +177,22 @@ mod tests {
         let invalid = GOOD.replace("spec: { hosts: [a] }", "spec: { gateways: [g] }");
         let errs = parse_file("a.yaml", &invalid).unwrap_err();
         assert_eq!(errs[0].to_string(), "a.yaml:9: spec.hosts is required");
+    }
+
+    #[test]
+    fn a_rescan_reuses_results_of_unchanged_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        let mut cache = ParseCache::default();
+        let first = read_tree(dir.path(), &mut cache).unwrap();
+        let again = read_tree(dir.path(), &mut cache).unwrap();
+        assert_eq!(first, again);
+        std::fs::write(dir.path().join("a.yaml"), GOOD.replace("hosts: [a]", "hosts: [b]")).unwrap();
+        let changed = read_tree(dir.path(), &mut cache).unwrap();
+        assert_ne!(changed, first, "a changed file is parsed again");
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert!(read_tree(dir.path(), &mut cache).unwrap().is_empty());
+        assert!(cache.files.is_empty(), "entries of deleted files are dropped");
     }
 
     #[test]
