@@ -17,32 +17,6 @@ pub struct ResourceKey {
     pub name: String,
 }
 
-/// Groups of the kinds Keelson knows, so `kind/namespace/name` can stand for
-/// the full key on the command line.
-const KNOWN_KINDS: &[(&str, &str)] = &[
-    ("VirtualService", "networking.istio.io"),
-    ("DestinationRule", "networking.istio.io"),
-    ("Gateway", "networking.istio.io"),
-    ("ServiceEntry", "networking.istio.io"),
-    ("Sidecar", "networking.istio.io"),
-    ("WorkloadEntry", "networking.istio.io"),
-    ("WorkloadGroup", "networking.istio.io"),
-    ("EnvoyFilter", "networking.istio.io"),
-    ("ProxyConfig", "networking.istio.io"),
-    ("AuthorizationPolicy", "security.istio.io"),
-    ("PeerAuthentication", "security.istio.io"),
-    ("RequestAuthentication", "security.istio.io"),
-    ("Telemetry", "telemetry.istio.io"),
-    ("WasmPlugin", "extensions.istio.io"),
-    ("Service", ""),
-    ("EndpointSlice", "discovery.k8s.io"),
-    ("Cluster", "xds.keelson.dev"),
-    ("Listener", "xds.keelson.dev"),
-    ("RouteConfiguration", "xds.keelson.dev"),
-    ("ClusterLoadAssignment", "xds.keelson.dev"),
-    ("Secret", "xds.keelson.dev"),
-];
-
 impl ResourceKey {
     pub fn new(group: &str, kind: &str, namespace: &str, name: &str) -> Self {
         ResourceKey { group: group.into(), kind: kind.into(), namespace: namespace.into(), name: name.into() }
@@ -62,9 +36,8 @@ impl ResourceKey {
                 Ok(Self::new(group, kind, ns, name))
             }
             [kind, ns, name] if !kind.is_empty() && !name.is_empty() => {
-                let group = KNOWN_KINDS.iter().find(|(k, _)| k == kind).map(|(_, g)| *g).ok_or_else(|| {
-                    format!("{bad}; kind {kind:?} is not one Keelson knows, so give its group", bad = bad())
-                })?;
+                let group = crate::kinds::group_of(kind)
+                    .ok_or_else(|| format!("{}; kind {kind:?} is not one Keelson knows, so give its group", bad()))?;
                 Ok(Self::new(group, kind, ns, name))
             }
             _ => Err(bad()),
