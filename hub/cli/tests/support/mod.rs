@@ -35,10 +35,10 @@ impl Serve {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("serving") {
-                    let addr =
-                        line.split("admin=").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
-                    let _ = tx.send(addr);
+                // Only the startup line names the admin address; other lines
+                // (a source "serving the last good config") may say "serving" too.
+                if let Some(rest) = line.split(" admin=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().map(str::to_string));
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
