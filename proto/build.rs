@@ -28,6 +28,8 @@ const ENVOY_ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/service/discovery/v3/discovery.proto",
+    // The ADS service itself, so gRPC reflection can describe it.
+    "envoy/service/discovery/v3/ads.proto",
 ];
 
 const ENVOY_INCLUDES: &[&str] =

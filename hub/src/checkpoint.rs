@@ -113,9 +113,11 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
         .iter()
         .map(|e| {
             let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
+            let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
             let entry = ResourceEntry {
                 version: e.version.to_native(),
-                body: Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash)),
+                serving: crate::state::Serving::of(&body),
+                body,
                 origin: SourceId {
                     kind: kind_from_u8(e.origin_kind),
                     name: e.origin_name.to_string(),

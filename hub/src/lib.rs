@@ -11,6 +11,7 @@ pub mod envoy;
 pub mod event;
 pub mod json;
 pub mod kinds;
+pub mod ledger;
 pub mod lint;
 pub mod metrics;
 pub mod object;
@@ -20,9 +21,10 @@ pub mod state;
 pub mod store;
 
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
+pub use ledger::{AckLedger, ProxyRecord, SyncStatus};
 pub use runtime::{Hub, HubConfig, HubHandle, Outcome, SourceHealth};
 pub use snapshot::Snapshot;
-pub use state::{Applied, ResourceEntry, State};
+pub use state::{Applied, ResourceEntry, Serving, State};
 pub use store::{EventStore, LogEntry, Rebuilt};
 
 /// Errors of the hub library. The binary adds context with anyhow.

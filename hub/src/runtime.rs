@@ -187,6 +187,8 @@ impl Hub {
         let shared = Arc::new(Shared { store, metrics, health: RwLock::default(), degraded: AtomicBool::new(false) });
         let (stop, stop_rx) = oneshot::channel();
         let mut ingest = Ingest {
+            base_version: rebuilt.state.version,
+            kind_versions: BTreeMap::new(),
             checkpointed: rebuilt.from_checkpoint,
             state: rebuilt.state,
             ready: warm || cfg.sources.is_empty(),
@@ -232,6 +234,10 @@ struct Ingest {
     pending_since: Option<Instant>,
     last_change: Option<Instant>,
     published: Option<u64>,
+    /// The last seq that changed each kind since start; older kinds hold
+    /// `base_version` (the state version at start), which is just as exact.
+    kind_versions: BTreeMap<(String, String), u64>,
+    base_version: u64,
     checkpointed: u64,
     checkpointing: Option<tokio::task::JoinHandle<()>>,
 }
@@ -292,7 +298,11 @@ impl Ingest {
             return;
         }
         let started = std::time::Instant::now();
-        let snapshot = Arc::new(Snapshot::of(&self.state));
+        let snapshot = Arc::new(Snapshot::with_kind_versions(
+            &self.state,
+            Arc::new(self.kind_versions.clone()),
+            self.base_version,
+        ));
         let m = &self.shared.metrics;
         m.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
         m.snapshot_builds.inc();
@@ -365,8 +375,13 @@ impl Ingest {
                 Op::Upsert { key, body, .. } => Some((key.clone(), body.clone())),
                 _ => None,
             };
+            let kind = op.key().map(|k| (k.group.clone(), k.kind.clone()));
             let ev = Event { seq: range.first + i as u64, at, origin: origin.clone(), op };
+            let seq = ev.seq;
             if self.state.apply(ev) != Applied::Unchanged {
+                if let Some(kind) = kind {
+                    self.kind_versions.insert(kind, seq);
+                }
                 outcome.changed += 1;
                 touched.extend(upserted);
             }

@@ -18,17 +18,46 @@ pub struct Snapshot {
     pub resources: ResourceMap,
     pub counts: BTreeMap<(String, String), usize>,
     pub built_at: SystemTime,
+    /// Per `group/kind`: the seq of the last event that changed a resource of
+    /// that kind. Kinds unchanged since the hub started hold `base_version`.
+    /// The sinks use it as the per-type `version_info`: the state as of that
+    /// seq, restricted to the kind, is exactly what a response of it holds.
+    pub kind_versions: Arc<BTreeMap<(String, String), u64>>,
+    pub base_version: u64,
 }
 
 impl Snapshot {
+    /// A snapshot of `state` where no kind has changed since `state` was loaded.
     pub fn of(state: &State) -> Self {
+        Self::with_kind_versions(state, Arc::default(), state.version)
+    }
+
+    pub fn with_kind_versions(
+        state: &State,
+        kind_versions: Arc<BTreeMap<(String, String), u64>>,
+        base_version: u64,
+    ) -> Self {
         Snapshot {
             version: state.version,
             seq: state.seq,
             resources: state.resources.clone(),
             counts: state.counts.clone(),
             built_at: SystemTime::now(),
+            kind_versions,
+            base_version,
         }
+    }
+
+    /// The version of one kind: the last seq that changed it.
+    pub fn kind_version(&self, group: &str, kind: &str) -> u64 {
+        // BTreeMap<(String, String), _> cannot be probed with (&str, &str);
+        // the map is small (one entry per kind), so a scan is fine.
+        self.kind_versions.iter().find(|((g, k), _)| g == group && k == kind).map_or(self.base_version, |(_, v)| *v)
+    }
+
+    /// One resource, if present.
+    pub fn get(&self, group: &str, kind: &str, namespace: &str, name: &str) -> Option<&Arc<ResourceEntry>> {
+        self.resources.get(&ResourceKey::new(group, kind, namespace, name))
     }
 
     /// Resources of one kind, in key order.

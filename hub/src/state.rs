@@ -25,6 +25,40 @@ pub struct ResourceEntry {
     /// The encoded `google.protobuf.Any` sinks send, computed once per
     /// version (Envoy kinds; `None` for kinds without a protobuf form yet).
     pub encoded: Option<Bytes>,
+    /// How sinks serve it, read once from the object's metadata.
+    pub serving: Serving,
+}
+
+/// The label that scopes a resource to one proxy group; unlabelled resources
+/// go to every proxy.
+pub const PROXY_GROUP_LABEL: &str = "keelson.dev/proxy-group";
+/// The annotation that gives a resource an xDS TTL (`30s`, `5m`): clients
+/// that support TTLs drop it unless a newer response refreshes it.
+pub const TTL_ANNOTATION: &str = "keelson.dev/ttl";
+
+/// Serving attributes of a resource, derived from its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Serving {
+    pub proxy_group: Option<Arc<str>>,
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl Serving {
+    pub fn of(body: &Body) -> Self {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body.json()) else { return Serving::default() };
+        let meta = &value["metadata"];
+        let proxy_group = meta["labels"][PROXY_GROUP_LABEL].as_str().filter(|g| !g.is_empty()).map(Arc::from);
+        let ttl = meta["annotations"][TTL_ANNOTATION].as_str().and_then(|t| humantime::parse_duration(t).ok());
+        Serving { proxy_group, ttl }
+    }
+
+    /// Is a resource with these attributes served to proxies of `group`?
+    pub fn serves(&self, group: Option<&str>) -> bool {
+        match &self.proxy_group {
+            None => true,
+            Some(g) => group == Some(&**g),
+        }
+    }
 }
 
 impl ResourceEntry {
@@ -40,7 +74,8 @@ impl ResourceEntry {
         let encoded = kinds::lookup(&key.group, &key.kind)
             .and_then(|info| encode_resource(info, &body))
             .and_then(|r| r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok());
-        ResourceEntry { version, body, origin, source_version, location, encoded }
+        let serving = Serving::of(&body);
+        ResourceEntry { version, body, origin, source_version, location, encoded, serving }
     }
 }
 

@@ -22,9 +22,15 @@ pub mod mcp {
 /// compiled at build time from the `.proto` sources envoy-types ships. Used
 /// to transcode the proto3 JSON users write into protobuf, and back.
 pub fn envoy_descriptors() -> &'static prost_reflect::DescriptorPool {
-    static SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"));
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(SET).expect("descriptor set built by build.rs decodes"))
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(envoy_descriptor_set()).expect("descriptor set built by build.rs decodes")
+    })
+}
+
+/// The encoded descriptor set behind [`envoy_descriptors`], for gRPC reflection.
+pub fn envoy_descriptor_set() -> &'static [u8] {
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"))
 }
 
 /// Pre-encoded xDS responses, `keelson.xds.v1`.

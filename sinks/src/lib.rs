@@ -1,9 +1,9 @@
 //! Sinks: serve hub snapshots to the outside.
 //!
-//! * [`admin`]: the admin HTTP server (health, readiness, metrics, snapshot,
-//!   history and log).
-//!
-//! The xDS and MCP gRPC servers arrive with the xDS sink.
+//! * [`xds`]: the xDS gRPC server (ADS, SotW and Delta) with the ACK/NACK ledger.
+//! * [`admin`]: the admin HTTP server (health, readiness, metrics, syncz,
+//!   snapshot, history and log).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod xds;

@@ -32,6 +32,21 @@ struct ConfigFile {
     api: ApiFile,
     #[serde(default)]
     file: FileFile,
+    #[serde(default)]
+    xds: XdsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct XdsFile {
+    /// Node field that names a proxy's group: node.cluster (default), node.id or node.metadata.<field>.
+    group_key: Option<String>,
+    /// New xDS streams accepted per second over all clients (default 2000; 0 = unlimited).
+    new_streams_per_second: Option<u32>,
+    /// Requests per second one stream may send (default 100; 0 = unlimited).
+    requests_per_stream_per_second: Option<u32>,
+    /// Largest xDS message in or out, bytes (default 64 MiB).
+    max_message_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +129,7 @@ pub struct ServeConfig {
     pub sync_timeout: Duration,
     pub file_rescan: Duration,
     pub api_token_file: Option<PathBuf>,
+    pub xds: keelson_sinks::xds::XdsConfig,
 }
 
 /// Flags given on the command line; each one beats the file.
@@ -159,7 +175,24 @@ impl ServeConfig {
         if retention.max_versions_per_key == Some(0) {
             bail!("retention.max_versions_per_key must be at least 1");
         }
+        let mut xds = keelson_sinks::xds::XdsConfig::default();
+        if let Some(key) = &cf.xds.group_key {
+            xds.group_key = key.parse().map_err(|e| anyhow::anyhow!("xds.group_key: {e}"))?;
+        }
+        if let Some(n) = cf.xds.new_streams_per_second {
+            xds.new_streams_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.requests_per_stream_per_second {
+            xds.requests_per_stream_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.max_message_bytes {
+            if n < 1024 {
+                bail!("xds.max_message_bytes = {n} is too small (at least 1024)");
+            }
+            xds.max_message_bytes = n;
+        }
         Ok(ServeConfig {
+            xds,
             data_dir: flags.data_dir.or(cf.data_dir.map(|d| base.join(d))).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             grpc_listen: flags.grpc_listen.or(cf.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC.parse().expect("valid")),
             admin_listen: flags

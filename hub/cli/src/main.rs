@@ -5,6 +5,7 @@ mod admin_client;
 mod config;
 mod inspect;
 mod serve;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,6 +99,15 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Connected proxies and their sync state per type, from a running hub.
+    Status {
+        /// The hub's admin URL.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18001")]
+        admin: String,
+        /// Print /debug/syncz as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every record, index entry and checkpoint; exit 1 on damage.
     Verify {
         #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
@@ -130,6 +140,7 @@ fn main() -> ExitCode {
         Command::State { data_dir, at, json, admin } => {
             inspect::state(&data_dir, at.as_deref(), json, admin.as_deref())
         }
+        Command::Status { admin, json } => status::status(&admin, json),
         Command::Validate { paths } => inspect::validate(&paths),
         Command::Verify { data_dir, repair, json } => inspect::verify(&data_dir, repair, json),
     };

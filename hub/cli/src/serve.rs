@@ -1,10 +1,11 @@
-//! `keelson serve`: wires sources → hub (log, state, snapshots) → admin HTTP.
+//! `keelson serve`: wires sources → hub (log, state, snapshots) → xDS and
+//! admin HTTP; NACKs flow back into the log.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use keelson_hub::metrics::Metrics;
-use keelson_hub::{EventStore, Hub, HubConfig};
+use keelson_hub::{EventStore, Hub, HubConfig, Op, SourceId, SourceKind};
 use keelson_sources::Source;
 use keelson_sources::file::{FileSource, FileSourceConfig};
 use keelson_storage::{OpenOptions, Retention};
@@ -66,20 +67,47 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let hub = Hub::start(store.clone(), hub_cfg, metrics).await?;
     let handle = hub.handle();
 
+    // The xDS server: NACKs it hears go to the log, as audit events.
+    let ledger = keelson_hub::AckLedger::default();
+    let xds_metrics = keelson_sinks::xds::metrics::XdsMetrics::default();
+    xds_metrics.register(&mut registry);
+    let (ads, mut nacks) =
+        keelson_sinks::xds::AdsServer::new(&cfg.xds, handle.snapshots(), ledger.clone(), xds_metrics);
+    let nack_log = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let origin = SourceId::new(SourceKind::Hub, "xds");
+            while let Some(n) = nacks.recv().await {
+                let op = Op::Nack { node: n.node, type_url: n.type_url, version: n.version, error: n.error };
+                if let Err(e) = handle.submit(origin.clone(), vec![op]).await {
+                    tracing::error!("cannot log a NACK: {e}");
+                }
+            }
+        })
+    };
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on the gRPC address {}", cfg.grpc_listen))?;
+    let grpc_addr = grpc_listener.local_addr().context("gRPC listener address")?;
+
     let listener = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot listen on the admin address {}", cfg.admin_listen))?;
     let admin_addr = listener.local_addr().context("admin listener address")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let router = keelson_sinks::admin::router(handle.clone(), Arc::new(registry))
+    let router = keelson_sinks::admin::router(handle.clone(), ledger, Arc::new(registry))
         .merge(keelson_sources::api::router(handle.clone(), token));
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(keelson_sinks::admin::serve(listener, router, async move {
         let _ = admin_stop.wait_for(|stop| *stop).await;
     }));
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(keelson_sinks::xds::serve(grpc_listener, ads, async move {
+        let _ = grpc_stop.wait_for(|stop| *stop).await;
+    }));
     let source_tasks: Vec<_> =
         sources.into_iter().map(|s| tokio::spawn(s.run(handle.clone(), stop_rx.clone()))).collect();
-    tracing::info!(admin = %admin_addr, grpc = %cfg.grpc_listen, data_dir = %cfg.data_dir.display(), "serving (xDS sink not built yet)");
+    tracing::info!(admin = %admin_addr, grpc = %grpc_addr, data_dir = %cfg.data_dir.display(), "serving");
 
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
     tick.tick().await; // the first tick is immediate
@@ -101,6 +129,9 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     for t in source_tasks {
         let _ = t.await;
     }
+    // Streams end when the server stops; the NACK queue then drains.
+    grpc.await.context("gRPC server task")?.context("gRPC server")?;
+    let _ = nack_log.await;
     hub.stop().await.context("stopping the hub")?;
     admin.await.context("admin server task")?.context("admin server")?;
     tracing::info!("stopped; log flushed");

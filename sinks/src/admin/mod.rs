@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
-use keelson_hub::{HubHandle, ResourceKey};
+use keelson_hub::{AckLedger, HubHandle, ResourceKey};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,20 +30,22 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 struct Admin {
     hub: HubHandle,
+    ledger: AckLedger,
     registry: Arc<Registry>,
 }
 
-pub fn router(hub: HubHandle, registry: Arc<Registry>) -> Router {
+pub fn router(hub: HubHandle, ledger: AckLedger, registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/snapshot", get(snapshot))
         .route("/debug/sources", get(sources))
+        .route("/debug/syncz", get(syncz))
         .route("/v1/history", get(history))
         .route("/v1/log", get(log))
         .route("/v1/state", get(state))
-        .with_state(Admin { hub, registry })
+        .with_state(Admin { hub, ledger, registry })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -72,6 +74,35 @@ async fn metrics(State(a): State<Admin>) -> Response {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Every connected proxy and, per type, what it was sent, what it ACKed and
+/// what it rejected; the shape `keelson status` reads.
+async fn syncz(State(a): State<Admin>) -> Response {
+    axum::Json(syncz_json(a.hub.current().map_or(0, |s| s.version), &a.ledger)).into_response()
+}
+
+pub fn syncz_json(version: u64, ledger: &AckLedger) -> Value {
+    let proxies: Vec<Value> = ledger
+        .records()
+        .into_iter()
+        .map(|r| {
+            let types: Vec<Value> = r
+                .types
+                .values()
+                .map(|t| {
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    v["status"] = serde_json::to_value(t.status()).unwrap_or_default();
+                    v
+                })
+                .collect();
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["types"] = Value::Array(types);
+            v["connected"] = Value::Bool(true);
+            v
+        })
+        .collect();
+    json!({ "version": version, "proxies": proxies })
 }
 
 #[derive(Deserialize)]

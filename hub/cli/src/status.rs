@@ -1,0 +1,100 @@
+//! `keelson status`: every connected proxy and its sync state per type, read
+//! from a running hub's `/debug/syncz` (like `istioctl proxy-status`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::admin_client;
+
+/// The type columns, in push order; other types show in the NACK lines only.
+const COLUMNS: &[&str] = &["CDS", "LDS", "EDS", "RDS", "SDS"];
+
+pub fn status(admin: &str, json: bool) -> Result<ExitCode> {
+    let syncz = admin_client::get_json(admin, "/debug/syncz")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&syncz)?);
+    } else {
+        print!("{}", render(&syncz));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table, then one line per NACK.
+pub fn render(syncz: &Value) -> String {
+    let empty = Vec::new();
+    let proxies = syncz["proxies"].as_array().unwrap_or(&empty);
+    let mut rows = vec![
+        ["NODE", "CLUSTER", "STREAM"]
+            .iter()
+            .chain(COLUMNS)
+            .chain(&["VERSION"])
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    let mut nacks = Vec::new();
+    for p in proxies {
+        let types = p["types"].as_array().unwrap_or(&empty);
+        let mut row = vec![text(&p["node"]), text(&p["cluster"]), text(&p["stream"])];
+        for col in COLUMNS {
+            let t = types.iter().find(|t| t["short"] == *col);
+            row.push(t.map_or("-".to_string(), |t| text(&t["status"])));
+        }
+        // The newest version the proxy ACKed of any type: a log seq.
+        let acked = types.iter().filter_map(|t| t["acked_version"].as_str()?.parse::<u64>().ok()).max();
+        row.push(acked.map_or("-".to_string(), |v| v.to_string()));
+        rows.push(row);
+        for t in types.iter().filter(|t| t["error"].is_string()) {
+            nacks.push(format!(
+                "NACK {} {} version {}: {}",
+                text(&p["node"]),
+                text(&t["short"]),
+                text(&t["nacked_version"]),
+                text(&t["error"])
+            ));
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for line in nacks {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_statuses_versions_and_nacks() {
+        let syncz = serde_json::json!({"version": 9, "proxies": [{
+            "node": "envoy-1", "cluster": "test", "stream": "sotw",
+            "types": [
+                {"short": "CDS", "status": "SYNCED", "acked_version": "7", "error": null},
+                {"short": "LDS", "status": "NACKED", "acked_version": "5", "nacked_version": "9", "error": "duplicate filter chain"}
+            ]
+        }]});
+        let out = render(&syncz);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE"), "{out}");
+        assert!(lines[1].contains("envoy-1") && lines[1].contains("SYNCED") && lines[1].contains("NACKED"), "{out}");
+        assert!(lines[1].ends_with('7'), "newest ACKed version: {out}");
+        assert_eq!(lines[2], "NACK envoy-1 LDS version 9: duplicate filter chain");
+    }
+}

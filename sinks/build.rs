@@ -1,0 +1,29 @@
+//! Generates the server side of `envoy.service.discovery.v3.AggregatedDiscoveryService`
+//! with Keelson's own codec: requests decode as envoy-types messages, while
+//! responses are written from shared, pre-encoded bytes (see src/xds/wire.rs).
+//! envoy-types' generated server would take owned `DiscoveryResponse`s and
+//! re-encode every resource for every stream.
+
+use tonic_build::manual::{Builder, Method, Service};
+
+fn main() {
+    let discovery = "::keelson_proto::envoy::pb::envoy::service::discovery::v3";
+    let method = |name: &str, route: &str, input: &str, codec: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("{discovery}::{input}"))
+            .output_type("crate::xds::wire::Outbound")
+            .codec_path(format!("crate::xds::wire::{codec}"))
+            .client_streaming()
+            .server_streaming()
+            .build()
+    };
+    let ads = Service::builder()
+        .name("AggregatedDiscoveryService")
+        .package("envoy.service.discovery.v3")
+        .method(method("stream_aggregated_resources", "StreamAggregatedResources", "DiscoveryRequest", "SotwCodec"))
+        .method(method("delta_aggregated_resources", "DeltaAggregatedResources", "DeltaDiscoveryRequest", "DeltaCodec"))
+        .build();
+    Builder::new().build_client(false).build_transport(false).compile(&[ads]);
+}

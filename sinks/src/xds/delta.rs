@@ -1,0 +1,240 @@
+//! Incremental (Delta) ADS: per type, the subscribed names, the version of
+//! each resource the client holds, and what it must hear about next.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keelson_hub::Snapshot;
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use tonic::Status;
+
+use super::cache::{item, select};
+use super::session::{Session, Shared};
+use super::stream::Machine;
+use super::types::{self, ServedType, UNKNOWN_ORDER};
+use super::wire::{DeltaResponse, Outbound};
+
+struct TypeState {
+    served: Option<&'static ServedType>,
+    type_url: Arc<str>,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Resource versions the client holds (sent, or declared on reconnect
+    /// through `initial_resource_versions`). 0 = a version Keelson never gave.
+    known: HashMap<String, u64>,
+    /// Names to answer even if the client holds them already.
+    force: BTreeSet<String>,
+    /// Removals held back until this round's upserts are out.
+    removals: Vec<Arc<str>>,
+    /// (nonce, kind version, publish time) of the last response.
+    last: Option<(u64, u64, SystemTime)>,
+    pending: bool,
+}
+
+impl TypeState {
+    fn order(&self) -> u8 {
+        self.served.map_or(UNKNOWN_ORDER, |t| t.order)
+    }
+
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+pub struct DeltaMachine {
+    session: Session,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl DeltaMachine {
+    pub fn new(session: Session) -> Self {
+        DeltaMachine { session, types: BTreeMap::new() }
+    }
+
+    /// The upserts and removals that bring the client to `snap` for a type.
+    fn diff(&mut self, url: &str, snap: &Arc<Snapshot>) -> (DeltaResponse, Vec<Arc<str>>, u64) {
+        let group = self.session.group().map(str::to_string);
+        let t = self.types.get_mut(url).expect("type present");
+        let mut response = DeltaResponse { type_url: t.type_url.clone(), ..DeltaResponse::default() };
+        let mut removed = Vec::new();
+        let Some(served) = t.served else {
+            // Unknown type: every asked-for name is absent.
+            removed.extend(t.force.iter().map(|n| Arc::from(n.as_str())));
+            t.force.clear();
+            return (response, removed, 0);
+        };
+        let version = snap.kind_version(served.group, served.kind);
+        response.system_version_info = version.to_string();
+        let mut present = BTreeSet::new();
+        let current = select(snap, served, group.as_deref(), (!t.wildcard).then_some(&t.names));
+        for (name, entry) in current {
+            present.insert(name);
+            if t.force.contains(name) || t.known.get(name) != Some(&entry.version) {
+                t.known.insert(name.to_string(), entry.version);
+                response.resources.push(item(name, entry));
+            }
+        }
+        // Explicitly asked-for names that do not exist, and held names that
+        // are gone or no longer subscribed-to-and-present.
+        let asked_absent = t.force.iter().filter(|n| !present.contains(n.as_str()));
+        removed.extend(asked_absent.map(|n| Arc::from(n.as_str())));
+        let gone: Vec<String> = t.known.keys().filter(|n| !present.contains(n.as_str())).cloned().collect();
+        for name in gone {
+            t.known.remove(&name);
+            if t.subscribed(&name) && !t.force.contains(&name) {
+                removed.push(name.into());
+            }
+        }
+        t.force.clear();
+        (response, removed, version)
+    }
+
+    fn send(
+        &mut self,
+        shared: &Shared,
+        snap: &Arc<Snapshot>,
+        url: &str,
+        response: DeltaResponse,
+        version: u64,
+    ) -> Outbound {
+        let nonce = self.session.nonce();
+        let out = Outbound::Delta { response, nonce };
+        self.session.sent(shared, url, version, nonce, out.encoded_len());
+        let t = self.types.get_mut(url).expect("type present");
+        t.last = Some((nonce, version, snap.built_at));
+        if let Some(refreshed) = t.served.and_then(|s| s.refreshes) {
+            if let Some(child) = self.types.get_mut(refreshed) {
+                // Envoy warms updated clusters until it hears about their
+                // endpoints again: re-send every held ClusterLoadAssignment.
+                child.force.extend(child.known.keys().cloned());
+                child.pending = true;
+            }
+        }
+        out
+    }
+}
+
+impl Machine for DeltaMachine {
+    type Request = DeltaDiscoveryRequest;
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest, shared: &Shared) -> Result<(), Status> {
+        self.session.identify(req.node.as_ref(), shared)?;
+        if req.type_url.is_empty() {
+            return Err(Status::invalid_argument("type_url is required on an aggregated stream"));
+        }
+        let is_new = !self.types.contains_key(&req.type_url);
+        if is_new {
+            // Reconnect: the client says what it holds; only differences go out.
+            let known = req
+                .initial_resource_versions
+                .iter()
+                .map(|(name, v)| (name.clone(), v.parse::<u64>().unwrap_or(0)))
+                .collect();
+            let legacy_wildcard = req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty();
+            self.types.insert(
+                req.type_url.clone(),
+                TypeState {
+                    served: types::lookup(&req.type_url),
+                    type_url: req.type_url.as_str().into(),
+                    wildcard: legacy_wildcard,
+                    names: BTreeSet::new(),
+                    known,
+                    force: BTreeSet::new(),
+                    removals: Vec::new(),
+                    last: None,
+                    pending: true,
+                },
+            );
+            self.session.subscribed(&req.type_url);
+        }
+        let t = self.types.get_mut(&req.type_url).expect("present");
+        // An ACK or NACK answers the latest response only; subscription
+        // changes count whatever the nonce (PROTOCOL.md §1, Delta).
+        if let Some((nonce, version, published)) = t.last {
+            if !req.response_nonce.is_empty() {
+                if req.response_nonce == nonce.to_string() {
+                    match &req.error_detail {
+                        Some(err) => self.session.nacked(shared, &req.type_url, version, nonce, &err.message),
+                        None => self.session.acked(shared, &req.type_url, version, nonce, published),
+                    }
+                } else {
+                    shared.metrics.stale_requests.inc();
+                }
+            }
+        }
+        let t = self.types.get_mut(&req.type_url).expect("present");
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                t.wildcard = true;
+            } else {
+                t.names.insert(name.clone());
+                // Every subscribed name is answered, even if held already.
+                t.force.insert(name.clone());
+            }
+            t.pending = true;
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                t.wildcard = false;
+            } else if t.names.remove(name) && t.wildcard {
+                // Still covered by the wildcard: tell the client it stays.
+                t.force.insert(name.clone());
+            }
+            t.pending = true;
+        }
+        if !t.wildcard {
+            // Unsubscribed names leave the client's view without a removal.
+            let names = &t.names;
+            t.known.retain(|n, _| names.contains(n));
+        }
+        Ok(())
+    }
+
+    fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
+        for t in self.types.values_mut() {
+            if let (Some(served), Some((_, version, _))) = (t.served, t.last) {
+                if snap.kind_version(served.group, served.kind) != version {
+                    t.pending = true;
+                }
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.types.values().any(|t| t.pending || !t.removals.is_empty())
+    }
+
+    fn next(&mut self, snap: &Arc<Snapshot>, shared: &Shared) -> Option<Outbound> {
+        // Upserts in make-before-break order; removals only once no type has
+        // upserts left, so nothing is removed while something may use it.
+        while let Some(url) =
+            self.types.values().filter(|t| t.pending).min_by_key(|t| t.order()).map(|t| t.type_url.clone())
+        {
+            let first = self.types[&*url].last.is_none();
+            self.types.get_mut(&*url).expect("picked").pending = false;
+            let (mut response, removed, version) = self.diff(&url, snap);
+            if first {
+                // Answer the first request at once, even if empty; nothing
+                // was held yet, so its removals cannot break anything.
+                response.removed = removed;
+                return Some(self.send(shared, snap, &url, response, version));
+            }
+            self.types.get_mut(&*url).expect("picked").removals.extend(removed);
+            if !response.resources.is_empty() {
+                return Some(self.send(shared, snap, &url, response, version));
+            }
+        }
+        let url = self.types.values().filter(|t| !t.removals.is_empty()).min_by_key(|t| t.order())?.type_url.clone();
+        let t = self.types.get_mut(&*url).expect("picked");
+        let removed = std::mem::take(&mut t.removals);
+        let version = t.served.map_or(0, |s| snap.kind_version(s.group, s.kind));
+        let response = DeltaResponse {
+            system_version_info: version.to_string(),
+            type_url: t.type_url.clone(),
+            resources: Vec::new(),
+            removed,
+        };
+        Some(self.send(shared, snap, &url, response, version))
+    }
+}

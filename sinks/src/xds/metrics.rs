@@ -1,0 +1,105 @@
+//! Prometheus metrics of the xDS server.
+
+use std::time::SystemTime;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: String,
+}
+
+fn convergence_histogram() -> Histogram {
+    // 1 ms … ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+#[derive(Clone)]
+pub struct XdsMetrics {
+    pub streams: Family<StreamLabel, Gauge>,
+    pub pushes: Family<TypeLabel, Counter>,
+    pub acks: Family<TypeLabel, Counter>,
+    pub nacks: Family<TypeLabel, Counter>,
+    pub bytes_sent: Counter,
+    /// Publish-to-ACK time per type.
+    pub convergence: Family<TypeLabel, Histogram, fn() -> Histogram>,
+    pub rejected: Family<RejectLabel, Counter>,
+    pub stale_requests: Counter,
+    pub nacks_dropped: Counter,
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        XdsMetrics {
+            streams: Family::default(),
+            pushes: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            bytes_sent: Counter::default(),
+            convergence: Family::new_with_constructor(convergence_histogram),
+            rejected: Family::default(),
+            stale_requests: Counter::default(),
+            nacks_dropped: Counter::default(),
+        }
+    }
+}
+
+fn label(short: &str) -> TypeLabel {
+    TypeLabel { r#type: short.to_string() }
+}
+
+impl XdsMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("keelson_xds_streams", "Open xDS streams", self.streams.clone());
+        r.register("keelson_xds_pushes", "xDS responses sent", self.pushes.clone());
+        r.register("keelson_xds_acks", "xDS ACKs received", self.acks.clone());
+        r.register("keelson_xds_nacks", "xDS NACKs received", self.nacks.clone());
+        r.register("keelson_xds_sent_bytes", "Bytes of xDS responses written", self.bytes_sent.clone());
+        r.register(
+            "keelson_xds_convergence_seconds",
+            "Time from snapshot publish to the proxy's ACK",
+            self.convergence.clone(),
+        );
+        r.register("keelson_xds_rejected_streams", "Streams refused or ended by a limit", self.rejected.clone());
+        r.register("keelson_xds_stale_requests", "Requests ignored for a stale nonce", self.stale_requests.clone());
+        r.register(
+            "keelson_xds_nacks_unlogged",
+            "NACKs not appended to the log (queue full)",
+            self.nacks_dropped.clone(),
+        );
+    }
+
+    pub fn sent(&self, short: &str, bytes: usize) {
+        self.pushes.get_or_create(&label(short)).inc();
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+
+    pub fn acked(&self, short: &str, published: SystemTime) {
+        self.acks.get_or_create(&label(short)).inc();
+        let secs = SystemTime::now().duration_since(published).unwrap_or_default().as_secs_f64();
+        self.convergence.get_or_create(&label(short)).observe(secs);
+    }
+
+    pub fn nacked(&self, short: &str) {
+        self.nacks.get_or_create(&label(short)).inc();
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected.get_or_create(&RejectLabel { reason: reason.into() }).inc();
+    }
+}

@@ -1,0 +1,185 @@
+//! What every xDS stream keeps whatever its protocol: who the proxy is, its
+//! ledger record, its nonce counter, and how ACKs and NACKs are recorded.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keelson_hub::ledger::LedgerEntry;
+use keelson_hub::{AckLedger, ProxyRecord};
+use keelson_proto::envoy::pb::envoy::config::core::v3::Node;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::metrics::XdsMetrics;
+use super::types::short_name;
+
+/// Which node field groups proxies (DESIGN.md §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupKey {
+    /// `node.cluster` (the default).
+    Cluster,
+    /// `node.id`.
+    Id,
+    /// A string field of `node.metadata`.
+    Metadata(String),
+}
+
+impl std::str::FromStr for GroupKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cluster" | "node.cluster" => Ok(GroupKey::Cluster),
+            "id" | "node.id" => Ok(GroupKey::Id),
+            _ => match s.strip_prefix("node.metadata.").or_else(|| s.strip_prefix("metadata.")) {
+                Some(field) if !field.is_empty() => Ok(GroupKey::Metadata(field.to_string())),
+                _ => Err(format!("group key {s:?}: expected node.cluster, node.id or node.metadata.<field>")),
+            },
+        }
+    }
+}
+
+/// A NACK, on its way to the event log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NackRecord {
+    pub node: String,
+    pub type_url: String,
+    pub version: String,
+    pub error: String,
+}
+
+/// The client features that ask for TTL-carrying `Resource` wrappers in SotW
+/// (the docs name it three ways; PROTOCOL.md §1).
+const TTL_FEATURES: &[&str] =
+    &["xds.config.resource-in-sotw", "xds.config.supports-resource-in-sotw", "xds.config.supports-resource-ttl"];
+
+/// The proxy on the other end, from the first request's `node`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub id: String,
+    pub group: Option<Arc<str>>,
+    pub wants_ttl: bool,
+}
+
+/// State shared by every stream of the server.
+pub struct Shared {
+    pub ledger: AckLedger,
+    pub metrics: XdsMetrics,
+    pub cache: super::cache::ResponseCache,
+    pub group_key: GroupKey,
+    /// Bounded: a NACK storm never queues without limit (dropped ones are
+    /// counted and still shown by the ledger).
+    pub nacks: mpsc::Sender<NackRecord>,
+}
+
+/// Per-stream state common to SotW and Delta.
+pub struct Session {
+    pub peer: Option<Peer>,
+    ledger: Option<LedgerEntry>,
+    next_nonce: u64,
+    stream: &'static str,
+    remote: String,
+}
+
+impl Session {
+    pub fn new(stream: &'static str, remote: String) -> Self {
+        Session { peer: None, ledger: None, next_nonce: 0, stream, remote }
+    }
+
+    /// Takes the node from the first request; later requests may omit it.
+    pub fn identify(&mut self, node: Option<&Node>, shared: &Shared) -> Result<(), Status> {
+        if self.peer.is_some() {
+            return Ok(());
+        }
+        let node = node.ok_or_else(|| Status::invalid_argument("the first request on a stream must carry `node`"))?;
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument("node.id is required"));
+        }
+        let group = match &shared.group_key {
+            GroupKey::Cluster => Some(node.cluster.clone()),
+            GroupKey::Id => Some(node.id.clone()),
+            GroupKey::Metadata(field) => {
+                node.metadata.as_ref().and_then(|m| m.fields.get(field)).and_then(|v| match &v.kind {
+                    Some(keelson_proto::envoy::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+            }
+        }
+        .filter(|g| !g.is_empty());
+        let wants_ttl = node.client_features.iter().any(|f| TTL_FEATURES.contains(&f.as_str()));
+        let mut record = ProxyRecord::new(&node.id, &node.cluster, self.stream);
+        record.group = group.clone();
+        record.peer = self.remote.clone();
+        record.user_agent = user_agent(node);
+        self.ledger = Some(shared.ledger.register(record));
+        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl });
+        Ok(())
+    }
+
+    pub fn group(&self) -> Option<&str> {
+        self.peer.as_ref().and_then(|p| p.group.as_deref())
+    }
+
+    pub fn wants_ttl(&self) -> bool {
+        self.peer.as_ref().is_some_and(|p| p.wants_ttl)
+    }
+
+    pub fn nonce(&mut self) -> u64 {
+        self.next_nonce += 1;
+        self.next_nonce
+    }
+
+    pub fn subscribed(&self, type_url: &str) {
+        if let Some(l) = &self.ledger {
+            l.lock().subscribed(type_url, short_name(type_url));
+        }
+    }
+
+    pub fn sent(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, bytes: usize) {
+        let short = short_name(type_url);
+        shared.metrics.sent(short, bytes);
+        if let Some(l) = &self.ledger {
+            l.lock().sent(type_url, short, &version.to_string(), &nonce.to_string());
+        }
+    }
+
+    /// An ACK of the response with `nonce`; `published` is when the snapshot
+    /// it came from was published (convergence time runs from there).
+    pub fn acked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, published: SystemTime) {
+        let short = short_name(type_url);
+        shared.metrics.acked(short, published);
+        if let Some(l) = &self.ledger {
+            l.lock().acked(type_url, short, &version.to_string(), &nonce.to_string());
+        }
+    }
+
+    pub fn nacked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, error: &str) {
+        let short = short_name(type_url);
+        shared.metrics.nacked(short);
+        let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+        tracing::warn!(%node, type_url, version, "NACK: {error}");
+        if let Some(l) = &self.ledger {
+            l.lock().nacked(type_url, short, &version.to_string(), &nonce.to_string(), error);
+        }
+        let record = NackRecord { node, type_url: type_url.into(), version: version.to_string(), error: error.into() };
+        if shared.nacks.try_send(record).is_err() {
+            shared.metrics.nacks_dropped.inc();
+        }
+    }
+}
+
+fn user_agent(node: &Node) -> String {
+    use keelson_proto::envoy::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => {
+            b.version.as_ref().map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)).unwrap_or_default()
+        }
+        None => String::new(),
+    };
+    match (node.user_agent_name.as_str(), version.as_str()) {
+        ("", _) => String::new(),
+        (name, "") => name.to_string(),
+        (name, v) => format!("{name}/{v}"),
+    }
+}

@@ -1,0 +1,254 @@
+//! State-of-the-world ADS: per type, the subscription, what was last sent,
+//! and what the proxy rejected. Rules from PROTOCOL.md §1, one method each.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keelson_hub::Snapshot;
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tonic::Status;
+
+use super::cache::{BodyKey, build_sotw, select, subset_hash};
+use super::session::{Session, Shared};
+use super::stream::Machine;
+use super::types::{self, ServedType, UNKNOWN_ORDER};
+use super::wire::{Outbound, SotwBody};
+
+/// The last response of a type on this stream.
+struct Sent {
+    nonce: u64,
+    body: Arc<SotwBody>,
+    published: SystemTime,
+    /// The snapshot it came from: make-before-break re-sends items of it.
+    snapshot: Arc<Snapshot>,
+}
+
+struct TypeState {
+    served: Option<&'static ServedType>,
+    type_url: Arc<str>,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Has any request of this type named a resource? (legacy wildcard rule)
+    ever_named: bool,
+    subset: Option<u128>,
+    last: Option<Sent>,
+    /// Fingerprint of the last content the proxy rejected: never re-sent.
+    nacked: Option<u128>,
+    pending: bool,
+    /// Send even if unchanged (new names subscribed, parent type pushed).
+    force: bool,
+    /// A make-before-break push went out; the final state is owed.
+    removal_owed: bool,
+}
+
+impl TypeState {
+    fn new(type_url: &str) -> Self {
+        TypeState {
+            served: types::lookup(type_url),
+            type_url: type_url.into(),
+            wildcard: false,
+            names: BTreeSet::new(),
+            ever_named: false,
+            subset: None,
+            last: None,
+            nacked: None,
+            pending: true,
+            force: false,
+            removal_owed: false,
+        }
+    }
+
+    fn order(&self) -> u8 {
+        self.served.map_or(UNKNOWN_ORDER, |t| t.order)
+    }
+
+    fn names(&self) -> Option<&BTreeSet<String>> {
+        (!self.wildcard).then_some(&self.names)
+    }
+
+    /// Applies a request's resource_names. Returns true if anything changed.
+    fn subscribe(&mut self, resource_names: &[String]) -> bool {
+        let named: BTreeSet<String> = resource_names.iter().filter(|n| *n != "*").cloned().collect();
+        self.ever_named |= !named.is_empty();
+        // "*" is wildcard; so is an empty list until a name was ever set.
+        let wildcard = resource_names.iter().any(|n| n == "*") || (resource_names.is_empty() && !self.ever_named);
+        let added = named.difference(&self.names).next().is_some();
+        let changed = wildcard != self.wildcard || named != self.names;
+        // New names must be answered even if their resources are unchanged.
+        self.force |= added;
+        self.wildcard = wildcard;
+        self.names = named;
+        self.subset = (!wildcard).then(|| subset_hash(&self.names));
+        changed
+    }
+}
+
+pub struct SotwMachine {
+    session: Session,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl SotwMachine {
+    pub fn new(session: Session) -> Self {
+        SotwMachine { session, types: BTreeMap::new() }
+    }
+
+    fn key(&self, t: &TypeState, version: u64, retain_from: Option<u64>) -> BodyKey {
+        BodyKey {
+            type_url: t.type_url.clone(),
+            version,
+            group: self.session.group().map(Arc::from),
+            subset: t.subset,
+            wrap_ttl: self.session.wants_ttl(),
+            retain_from,
+        }
+    }
+
+    /// The body this stream should get for a type now, sharing the cache.
+    fn body(&self, shared: &Shared, snap: &Arc<Snapshot>, t: &TypeState, retain: Option<&Sent>) -> Arc<SotwBody> {
+        let Some(served) = t.served else {
+            // An unknown type is answered, empty: clients wait on an answer.
+            let key = self.key(t, 0, None);
+            return shared.cache.sotw_body(&key, || build_sotw(&key, &[], &[]));
+        };
+        let version = snap.kind_version(served.group, served.kind);
+        let key = self.key(t, version, retain.map(|s| s.body.version));
+        let group = self.session.group();
+        shared.cache.sotw_body(&key, || {
+            let items = select(snap, served, group, t.names());
+            let extra = match retain {
+                None => Vec::new(),
+                Some(prev) => {
+                    let now: BTreeSet<&str> = items.iter().map(|(n, _)| *n).collect();
+                    let mut old = select(&prev.snapshot, served, group, t.names());
+                    old.retain(|(n, _)| !now.contains(n));
+                    old
+                }
+            };
+            build_sotw(&key, &items, &extra)
+        })
+    }
+
+    /// Did the last response drop names that other pushes of this round may
+    /// still reference? Then they are kept one more response.
+    fn removes_names(&self, snap: &Arc<Snapshot>, t: &TypeState) -> bool {
+        let (Some(served), Some(last)) = (t.served, &t.last) else { return false };
+        if !served.full_state || !t.wildcard && t.names.is_empty() {
+            return false;
+        }
+        let group = self.session.group();
+        let before = select(&last.snapshot, served, group, t.names());
+        before.iter().any(|(n, e)| {
+            !snap.resources.contains_key(&keelson_hub::ResourceKey::new(served.group, served.kind, "", n))
+                || !e.serving.serves(group)
+        })
+    }
+
+    fn send(&mut self, shared: &Shared, snap: &Arc<Snapshot>, url: &str, body: Arc<SotwBody>) -> Outbound {
+        let nonce = self.session.nonce();
+        let out = Outbound::Sotw { body: body.clone(), nonce };
+        self.session.sent(shared, url, body.version, nonce, out.encoded_len());
+        let t = self.types.get_mut(url).expect("type present");
+        t.last = Some(Sent { nonce, body, published: snap.built_at, snapshot: snap.clone() });
+        t.force = false;
+        if let Some(refreshed) = t.served.and_then(|s| s.refreshes) {
+            if let Some(child) = self.types.get_mut(refreshed) {
+                // Envoy warms a cluster until a new EDS response arrives.
+                child.pending = true;
+                child.force = child.last.is_some();
+            }
+        }
+        out
+    }
+}
+
+impl Machine for SotwMachine {
+    type Request = DiscoveryRequest;
+
+    fn on_request(&mut self, req: DiscoveryRequest, shared: &Shared) -> Result<(), Status> {
+        self.session.identify(req.node.as_ref(), shared)?;
+        if req.type_url.is_empty() {
+            return Err(Status::invalid_argument("type_url is required on an aggregated stream"));
+        }
+        let is_new = !self.types.contains_key(&req.type_url);
+        let t = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState::new(&req.type_url));
+        if !is_new {
+            if let Some(last) = &t.last {
+                // Only an answer to the latest response counts; an older
+                // nonce is a request overtaken by a response (PROTOCOL.md §1).
+                if req.response_nonce != last.nonce.to_string() {
+                    shared.metrics.stale_requests.inc();
+                    return Ok(());
+                }
+                let (nonce, version, published) = (last.nonce, last.body.version, last.published);
+                let fingerprint = last.body.fingerprint;
+                match &req.error_detail {
+                    Some(err) => {
+                        t.nacked = Some(fingerprint);
+                        self.session.nacked(shared, &req.type_url, version, nonce, &err.message);
+                    }
+                    None => self.session.acked(shared, &req.type_url, version, nonce, published),
+                }
+            }
+        }
+        let t = self.types.get_mut(&req.type_url).expect("inserted above");
+        if t.subscribe(&req.resource_names) {
+            t.pending = true;
+        }
+        if is_new {
+            self.session.subscribed(&req.type_url);
+        }
+        Ok(())
+    }
+
+    fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
+        for t in self.types.values_mut() {
+            if let (Some(served), Some(last)) = (t.served, &t.last) {
+                if snap.kind_version(served.group, served.kind) != last.body.version {
+                    t.pending = true;
+                }
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.types.values().any(|t| t.pending || t.removal_owed)
+    }
+
+    fn next(&mut self, snap: &Arc<Snapshot>, shared: &Shared) -> Option<Outbound> {
+        loop {
+            // Pending pushes in make-before-break order, then owed removals.
+            let pick = self
+                .types
+                .values()
+                .filter(|t| t.pending)
+                .min_by_key(|t| t.order())
+                .map(|t| (t.type_url.clone(), false))
+                .or_else(|| {
+                    self.types
+                        .values()
+                        .filter(|t| t.removal_owed)
+                        .min_by_key(|t| t.order())
+                        .map(|t| (t.type_url.clone(), true))
+                })?;
+            let (url, final_push) = pick;
+            let t = &self.types[&*url];
+            let others_pending = self.types.values().any(|o| o.pending && o.order() > t.order());
+            let retain = !final_push && others_pending && self.removes_names(snap, t);
+            let body = self.body(shared, snap, t, if retain { t.last.as_ref() } else { None });
+            let send = match &t.last {
+                None => true, // the first request of a type is answered at once, even if empty
+                Some(last) => {
+                    t.force || (body.fingerprint != last.body.fingerprint && Some(body.fingerprint) != t.nacked)
+                }
+            };
+            let t = self.types.get_mut(&*url).expect("picked");
+            t.pending = false;
+            t.removal_owed = retain;
+            if send {
+                return Some(self.send(shared, snap, &url, body));
+            }
+        }
+    }
+}

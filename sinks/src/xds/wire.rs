@@ -1,0 +1,308 @@
+//! The server's gRPC codec: requests decode as envoy-types messages;
+//! responses are written from shared, pre-encoded bytes.
+//!
+//! Protobuf lets a message's fields come in any order and concatenated
+//! encodings merge, so a SotW response is one shared body (version_info,
+//! resources, type_url — built once per snapshot, type and subscription)
+//! followed by the stream's own nonce field. The per-stream cost of a push is
+//! a refcount and a copy into the socket buffer. Delta responses differ per
+//! stream by nature; their items are the same shared `Any` bytes framed with
+//! a few header bytes at write time.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+
+/// The `Any.type_url` of a SotW item wrapped to carry a TTL.
+pub const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// A SotW response body shared by every stream that needs it.
+#[derive(Debug)]
+pub struct SotwBody {
+    /// `version_info`, `resources` and `type_url`, encoded.
+    pub bytes: Bytes,
+    pub version: u64,
+    /// Hash of the (name, resource version) pairs it holds: two bodies with
+    /// equal fingerprints carry the same config.
+    pub fingerprint: u128,
+    pub resources: usize,
+}
+
+/// One item of a Delta response.
+#[derive(Clone, Debug)]
+pub struct DeltaItem {
+    pub name: Arc<str>,
+    pub version: u64,
+    /// The shared encoded `google.protobuf.Any`.
+    pub any: Bytes,
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct DeltaResponse {
+    pub system_version_info: String,
+    pub type_url: Arc<str>,
+    pub resources: Vec<DeltaItem>,
+    pub removed: Vec<Arc<str>>,
+}
+
+/// What a stream hands to its connection.
+#[derive(Debug)]
+pub enum Outbound {
+    Sotw { body: Arc<SotwBody>, nonce: u64 },
+    Delta { response: DeltaResponse, nonce: u64 },
+}
+
+impl Outbound {
+    /// Bytes this message takes on the wire (before gRPC framing).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Outbound::Sotw { body, nonce } => body.bytes.len() + nonce_len(*nonce),
+            Outbound::Delta { response, nonce } => delta_len(response) + nonce_len(*nonce),
+        }
+    }
+
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        match self {
+            Outbound::Sotw { body, nonce } => {
+                buf.put_slice(&body.bytes);
+                put_nonce(*nonce, 5, buf);
+            }
+            Outbound::Delta { response, nonce } => {
+                put_str(1, &response.system_version_info, buf);
+                for item in &response.resources {
+                    encode_key(2, WireType::LengthDelimited, buf);
+                    encode_varint(resource_len(item) as u64, buf);
+                    put_resource(item, buf);
+                }
+                put_str(4, &response.type_url, buf);
+                put_nonce(*nonce, 5, buf);
+                for name in &response.removed {
+                    put_str(6, name, buf);
+                }
+            }
+        }
+    }
+}
+
+fn nonce_len(nonce: u64) -> usize {
+    let digits = nonce.checked_ilog10().unwrap_or(0) as usize + 1;
+    1 + encoded_len_varint(digits as u64) + digits
+}
+
+fn put_nonce(nonce: u64, tag: u32, buf: &mut impl BufMut) {
+    let mut digits = [0u8; 20];
+    let mut n = nonce;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put_bytes(tag, &digits[i..], buf);
+}
+
+fn len_field(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+pub fn put_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
+}
+
+/// A proto3 string field; empty strings are the default and are omitted.
+pub fn put_str(tag: u32, s: &str, buf: &mut impl BufMut) {
+    if !s.is_empty() {
+        put_bytes(tag, s.as_bytes(), buf);
+    }
+}
+
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() { 0 } else { len_field(tag, s.len()) }
+}
+
+fn duration_len(d: Duration) -> usize {
+    let mut n = 0;
+    if d.as_secs() > 0 {
+        n += 1 + encoded_len_varint(d.as_secs());
+    }
+    if d.subsec_nanos() > 0 {
+        n += 1 + encoded_len_varint(u64::from(d.subsec_nanos()));
+    }
+    n
+}
+
+fn put_duration(tag: u32, d: Duration, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(duration_len(d) as u64, buf);
+    if d.as_secs() > 0 {
+        encode_key(1, WireType::Varint, buf);
+        encode_varint(d.as_secs(), buf);
+    }
+    if d.subsec_nanos() > 0 {
+        encode_key(2, WireType::Varint, buf);
+        encode_varint(u64::from(d.subsec_nanos()), buf);
+    }
+}
+
+/// `envoy.service.discovery.v3.Resource{version=1, resource=2, name=3, ttl=6}`.
+pub fn resource_len(item: &DeltaItem) -> usize {
+    let version = version_digits(item.version);
+    len_field(1, version.len())
+        + len_field(2, item.any.len())
+        + str_len(3, &item.name)
+        + item.ttl.map_or(0, |d| len_field(6, duration_len(d)))
+}
+
+pub fn put_resource(item: &DeltaItem, buf: &mut impl BufMut) {
+    put_bytes(1, version_digits(item.version).as_bytes(), buf);
+    put_bytes(2, &item.any, buf);
+    put_str(3, &item.name, buf);
+    if let Some(ttl) = item.ttl {
+        put_duration(6, ttl, buf);
+    }
+}
+
+fn version_digits(v: u64) -> String {
+    v.to_string()
+}
+
+fn delta_len(r: &DeltaResponse) -> usize {
+    str_len(1, &r.system_version_info)
+        + r.resources.iter().map(|i| len_field(2, resource_len(i))).sum::<usize>()
+        + str_len(4, &r.type_url)
+        + r.removed.iter().map(|n| str_len(6, n)).sum::<usize>()
+}
+
+/// A SotW item wrapped as `Any(envoy.service.discovery.v3.Resource)`, for
+/// clients that advertise TTL support.
+pub fn wrapped_any(item: &DeltaItem) -> Vec<u8> {
+    let mut resource = Vec::with_capacity(resource_len(item));
+    put_resource(item, &mut resource);
+    let mut any = Vec::with_capacity(resource.len() + RESOURCE_WRAPPER.len() + 8);
+    put_str(1, RESOURCE_WRAPPER, &mut any);
+    put_bytes(2, &resource, &mut any);
+    any
+}
+
+/// The codec named in build.rs: prost decoding for requests, shared bytes
+/// for responses.
+pub struct XdsCodec<Req>(PhantomData<fn() -> Req>);
+
+impl<Req> Default for XdsCodec<Req> {
+    fn default() -> Self {
+        XdsCodec(PhantomData)
+    }
+}
+
+pub type SotwCodec = XdsCodec<DiscoveryRequest>;
+pub type DeltaCodec = XdsCodec<DeltaDiscoveryRequest>;
+
+impl<Req: prost::Message + Default + Send + 'static> Codec for XdsCodec<Req> {
+    type Encode = Outbound;
+    type Decode = Req;
+    type Encoder = OutboundEncoder;
+    type Decoder = RequestDecoder<Req>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OutboundEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder(PhantomData)
+    }
+}
+
+pub struct OutboundEncoder;
+
+impl Encoder for OutboundEncoder {
+    type Item = Outbound;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(dst);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+pub struct RequestDecoder<Req>(PhantomData<fn() -> Req>);
+
+impl<Req: prost::Message + Default> Decoder for RequestDecoder<Req> {
+    type Item = Req;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
+        Req::decode(src).map(Some).map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+    use keelson_proto::envoy::pb::google::protobuf::Any;
+    use prost::Message;
+
+    fn any() -> Any {
+        Any { type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(), value: vec![10, 1, b'a'] }
+    }
+
+    #[test]
+    fn delta_response_decodes_as_envoys() {
+        for nonce in [0, 9, 10, 12345, u64::MAX] {
+            let item = DeltaItem {
+                name: "a".into(),
+                version: 42,
+                any: any().encode_to_vec().into(),
+                ttl: Some(Duration::from_millis(1500)),
+            };
+            let out = Outbound::Delta {
+                response: DeltaResponse {
+                    system_version_info: "42".into(),
+                    type_url: any().type_url.into(),
+                    resources: vec![item],
+                    removed: vec!["gone".into()],
+                },
+                nonce,
+            };
+            let mut buf = Vec::new();
+            out.encode(&mut buf);
+            assert_eq!(buf.len(), out.encoded_len());
+            let d = DeltaDiscoveryResponse::decode(buf.as_slice()).unwrap();
+            assert_eq!(d.nonce, nonce.to_string());
+            assert_eq!(d.removed_resources, ["gone"]);
+            let r: &Resource = &d.resources[0];
+            assert_eq!((r.name.as_str(), r.version.as_str()), ("a", "42"));
+            assert_eq!(r.resource.as_ref(), Some(&any()));
+            let ttl = r.ttl.as_ref().unwrap();
+            assert_eq!((ttl.seconds, ttl.nanos), (1, 500_000_000));
+        }
+    }
+
+    #[test]
+    fn wrapped_item_is_a_resource_any() {
+        let item = DeltaItem { name: "a".into(), version: 7, any: any().encode_to_vec().into(), ttl: None };
+        let wrapped = Any::decode(wrapped_any(&item).as_slice()).unwrap();
+        assert_eq!(wrapped.type_url, RESOURCE_WRAPPER);
+        let r = Resource::decode(wrapped.value.as_slice()).unwrap();
+        assert_eq!(r.resource, Some(any()));
+        assert_eq!(r.version, "7");
+    }
+}
