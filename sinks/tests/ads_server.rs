@@ -1,0 +1,187 @@
+//! The xDS server over real gRPC (tonic, HTTP/2 on 127.0.0.1): ADS, health
+//! and reflection on one port, and the limits that protect it.
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut};
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use keelson_sinks::xds::XdsConfig;
+use support::*;
+use tokio_stream::StreamExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Starts the server on an OS-chosen loopback port; stops with the runtime.
+async fn start(cfg: XdsConfig) -> (String, Config) {
+    let (mut config, rx) = Config::new();
+    config.upsert(cluster("a"));
+    config.publish();
+    let (server, _ledger, _nacks) = server(rx, cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keelson_sinks::xds::serve(listener, server, std::future::pending()));
+    (format!("http://{addr}"), config)
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap()
+}
+
+fn cds_request(id: &str) -> DiscoveryRequest {
+    DiscoveryRequest { node: node(id, "c"), type_url: CDS.into(), ..Default::default() }
+}
+
+/// Opens a SotW stream with `requests` and returns its first message or error.
+async fn first_answer(ch: Channel, requests: Vec<DiscoveryRequest>) -> Result<DiscoveryResponse, Status> {
+    let mut client = AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(64 << 20);
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::iter(requests).chain(tokio_stream::pending()))
+        .await?
+        .into_inner();
+    tokio::time::timeout(WAIT, stream.next()).await.expect("answer within deadline").expect("stream open")
+}
+
+#[tokio::test]
+async fn serves_ads_health_and_reflection_on_one_port() {
+    let (url, _config) = start(XdsConfig::default()).await;
+    let ch = channel(&url).await;
+    let r = first_answer(ch.clone(), vec![cds_request("p")]).await.unwrap();
+    assert_eq!(names(&r), ["a"]);
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: "envoy.service.discovery.v3.AggregatedDiscoveryService".into(),
+    };
+    let status = health.check(req).await.unwrap().into_inner().status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = reflection.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.next().await.unwrap().unwrap().message_response else {
+        panic!("not a service list")
+    };
+    let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(services.contains(&"envoy.service.discovery.v3.AggregatedDiscoveryService".to_string()), "{services:?}");
+    assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
+}
+
+/// Sends raw bytes as a request message: what a broken client would.
+#[derive(Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+async fn raw_stream(ch: Channel, message: Vec<u8>) -> Status {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    let requests = tokio_stream::iter([message]).chain(tokio_stream::pending());
+    let mut stream = match grpc.streaming(tonic::Request::new(requests), path, RawCodec).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return status,
+    };
+    match tokio::time::timeout(WAIT, stream.next()).await.expect("answer within deadline") {
+        Some(Err(status)) => status,
+        other => panic!("expected the stream to fail, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_request_ends_that_stream_with_invalid_argument() {
+    let (url, _config) = start(XdsConfig::default()).await;
+    let ch = channel(&url).await;
+    // Field 1 (version_info) claims 127 bytes and has 1.
+    let status = raw_stream(ch.clone(), vec![0x0a, 0x7f, b'x']).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // The process and other streams carry on.
+    assert_eq!(names(&first_answer(ch, vec![cds_request("p")]).await.unwrap()), ["a"]);
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_and_the_server_lives() {
+    let cfg = XdsConfig { max_message_bytes: 1024, ..XdsConfig::default() };
+    let (url, _config) = start(cfg).await;
+    let ch = channel(&url).await;
+    let mut big = cds_request("p");
+    big.resource_names = vec!["x".repeat(4096)];
+    let err = first_answer(ch.clone(), vec![big]).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(names(&first_answer(ch, vec![cds_request("p")]).await.unwrap()), ["a"]);
+}
+
+#[tokio::test]
+async fn too_many_new_streams_get_resource_exhausted() {
+    let cfg = XdsConfig { new_streams_per_second: NonZeroU32::new(1), ..XdsConfig::default() };
+    let (url, _config) = start(cfg).await;
+    let ch = channel(&url).await;
+    assert!(first_answer(ch.clone(), vec![cds_request("p1")]).await.is_ok());
+    let err = first_answer(ch, vec![cds_request("p2")]).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}
+
+#[tokio::test]
+async fn too_many_requests_on_a_stream_get_resource_exhausted() {
+    let cfg = XdsConfig { requests_per_stream_per_second: NonZeroU32::new(2), ..XdsConfig::default() };
+    let (url, _config) = start(cfg).await;
+    let ch = channel(&url).await;
+    let mut client = AggregatedDiscoveryServiceClient::new(ch);
+    let flood: Vec<DiscoveryRequest> = (0..10).map(|_| cds_request("p")).collect();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::iter(flood).chain(tokio_stream::pending()))
+        .await
+        .unwrap()
+        .into_inner();
+    let end = Arc::new(tokio::sync::Mutex::new(None));
+    while let Some(item) = tokio::time::timeout(WAIT, stream.next()).await.expect("within deadline") {
+        if let Err(status) = item {
+            *end.lock().await = Some(status);
+            break;
+        }
+    }
+    let status = end.lock().await.take().expect("the stream ended with a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
