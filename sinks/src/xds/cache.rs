@@ -48,6 +48,11 @@ const MAX_BODIES: usize = 16_384;
 #[derive(Default)]
 pub struct ResponseCache {
     bodies: Mutex<HashMap<BodyKey, Arc<OnceLock<Arc<SotwBody>>>>>,
+    /// (old fingerprint, new fingerprint) → does going from old to new
+    /// remove a name? Asked by every stream of a push, answered once.
+    removals: Mutex<HashMap<(u128, u128), bool>>,
+    /// Subscription sets by hash, shared by the streams that hold them.
+    names: Mutex<HashMap<u128, std::sync::Weak<BTreeSet<String>>>>,
     pub stats: EncodeStats,
 }
 
@@ -79,6 +84,36 @@ impl ResponseCache {
         .clone()
     }
 
+    /// The shared copy of a subscription set (a thousand Envoys subscribed
+    /// to the same clusters hold one set, not a thousand).
+    pub fn intern_names(&self, hash: u128, names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        let mut all = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = all.get(&hash).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        if all.len() >= MAX_BODIES {
+            all.retain(|_, w| w.strong_count() > 0);
+        }
+        let names = Arc::new(names);
+        all.insert(hash, Arc::downgrade(&names));
+        names
+    }
+
+    /// Does `new` lack a name `old` had?
+    pub fn removes_names(&self, old: &SotwBody, new: &SotwBody) -> bool {
+        let key = (old.fingerprint, new.fingerprint);
+        let mut memo = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&removes) = memo.get(&key) {
+            return removes;
+        }
+        let removes = old.names.iter().any(|n| new.names.binary_search(n).is_err());
+        if memo.len() >= MAX_BODIES {
+            memo.clear();
+        }
+        memo.insert(key, removes);
+        removes
+    }
+
     pub fn len(&self) -> usize {
         self.bodies.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -91,6 +126,17 @@ impl ResponseCache {
 /// Hash of a subscription's names (sorted by the set), for [`BodyKey::subset`].
 pub fn subset_hash(names: &BTreeSet<String>) -> u128 {
     let mut h = Xxh3::new();
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest128()
+}
+
+/// Hash of a request's name list as sent (order matters).
+pub fn list_hash(names: &[String]) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(&(names.len() as u64).to_le_bytes());
     for n in names {
         h.update(n.as_bytes());
         h.update(&[0]);
@@ -152,7 +198,10 @@ pub fn build_sotw(
         }
     }
     put_str(4, &key.type_url, &mut buf);
+    let mut names: Vec<Box<str>> = items.iter().chain(extra).map(|(n, _)| Box::from(*n)).collect();
+    names.sort_unstable();
     SotwBody {
+        names,
         bytes: Bytes::from(buf),
         version: key.version,
         fingerprint: fp.digest128(),

@@ -103,13 +103,13 @@ impl DeltaMachine {
         self.session.sent(shared, url, version, nonce, out.encoded_len());
         let t = self.types.get_mut(url).expect("type present");
         t.last = Some((nonce, version, snap.built_at));
-        if let Some(refreshed) = t.served.and_then(|s| s.refreshes) {
-            if let Some(child) = self.types.get_mut(refreshed) {
-                // Envoy warms updated clusters until it hears about their
-                // endpoints again: re-send every held ClusterLoadAssignment.
-                child.force.extend(child.known.keys().cloned());
-                child.pending = true;
-            }
+        if let Some(refreshed) = t.served.and_then(|s| s.refreshes)
+            && let Some(child) = self.types.get_mut(refreshed)
+        {
+            // Envoy warms updated clusters until it hears about their
+            // endpoints again: re-send every held ClusterLoadAssignment.
+            child.force.extend(child.known.keys().cloned());
+            child.pending = true;
         }
         out
     }
@@ -151,16 +151,16 @@ impl Machine for DeltaMachine {
         let t = self.types.get_mut(&req.type_url).expect("present");
         // An ACK or NACK answers the latest response only; subscription
         // changes count whatever the nonce (PROTOCOL.md §1, Delta).
-        if let Some((nonce, version, published)) = t.last {
-            if !req.response_nonce.is_empty() {
-                if req.response_nonce == nonce.to_string() {
-                    match &req.error_detail {
-                        Some(err) => self.session.nacked(shared, &req.type_url, version, nonce, &err.message),
-                        None => self.session.acked(shared, &req.type_url, version, nonce, published),
-                    }
-                } else {
-                    shared.metrics.stale_requests.inc();
+        if let Some((nonce, version, published)) = t.last
+            && !req.response_nonce.is_empty()
+        {
+            if req.response_nonce == nonce.to_string() {
+                match &req.error_detail {
+                    Some(err) => self.session.nacked(shared, &req.type_url, version, nonce, &err.message),
+                    None => self.session.acked(shared, &req.type_url, version, nonce, published),
                 }
+            } else {
+                shared.metrics.stale_requests.inc();
             }
         }
         let t = self.types.get_mut(&req.type_url).expect("present");
@@ -193,10 +193,10 @@ impl Machine for DeltaMachine {
 
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
         for t in self.types.values_mut() {
-            if let (Some(served), Some((_, version, _))) = (t.served, t.last) {
-                if snap.kind_version(served.group, served.kind) != version {
-                    t.pending = true;
-                }
+            if let (Some(served), Some((_, version, _))) = (t.served, t.last)
+                && snap.kind_version(served.group, served.kind) != version
+            {
+                t.pending = true;
             }
         }
     }

@@ -87,11 +87,11 @@ impl AdsServer {
     }
 
     fn admit(&self) -> Result<(), Status> {
-        if let Some(l) = &self.new_streams {
-            if l.check().is_err() {
-                self.shared.metrics.reject("new_stream_rate");
-                return Err(Status::resource_exhausted("too many new xDS streams per second; retry with backoff"));
-            }
+        if let Some(l) = &self.new_streams
+            && l.check().is_err()
+        {
+            self.shared.metrics.reject("new_stream_rate");
+            return Err(Status::resource_exhausted("too many new xDS streams per second; retry with backoff"));
         }
         Ok(())
     }

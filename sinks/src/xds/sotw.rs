@@ -9,7 +9,7 @@ use keelson_hub::Snapshot;
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
-use super::cache::{BodyKey, build_sotw, select, subset_hash};
+use super::cache::{BodyKey, ResponseCache, build_sotw, list_hash, select, subset_hash};
 use super::session::{Session, Shared};
 use super::stream::Machine;
 use super::types::{self, ServedType, UNKNOWN_ORDER};
@@ -28,7 +28,11 @@ struct TypeState {
     served: Option<&'static ServedType>,
     type_url: Arc<str>,
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Interned: streams subscribed to the same names share one set.
+    names: Arc<BTreeSet<String>>,
+    /// Hash of the last request's names as sent (order included): an ACK
+    /// repeating its subscription is recognised without touching the set.
+    request_hash: u128,
     /// Has any request of this type named a resource? (legacy wildcard rule)
     ever_named: bool,
     subset: Option<u128>,
@@ -48,7 +52,8 @@ impl TypeState {
             served: types::lookup(type_url),
             type_url: type_url.into(),
             wildcard: false,
-            names: BTreeSet::new(),
+            names: Arc::default(),
+            request_hash: 0,
             ever_named: false,
             subset: None,
             last: None,
@@ -68,18 +73,24 @@ impl TypeState {
     }
 
     /// Applies a request's resource_names. Returns true if anything changed.
-    fn subscribe(&mut self, resource_names: &[String]) -> bool {
+    fn subscribe(&mut self, resource_names: &[String], cache: &ResponseCache) -> bool {
+        let request_hash = list_hash(resource_names);
+        if request_hash == self.request_hash && self.last.is_some() {
+            return false; // the common case: an ACK repeating the subscription
+        }
+        self.request_hash = request_hash;
         let named: BTreeSet<String> = resource_names.iter().filter(|n| *n != "*").cloned().collect();
         self.ever_named |= !named.is_empty();
         // "*" is wildcard; so is an empty list until a name was ever set.
         let wildcard = resource_names.iter().any(|n| n == "*") || (resource_names.is_empty() && !self.ever_named);
         let added = named.difference(&self.names).next().is_some();
-        let changed = wildcard != self.wildcard || named != self.names;
+        let changed = wildcard != self.wildcard || named != *self.names;
         // New names must be answered even if their resources are unchanged.
         self.force |= added;
         self.wildcard = wildcard;
-        self.names = named;
-        self.subset = (!wildcard).then(|| subset_hash(&self.names));
+        let hash = subset_hash(&named);
+        self.names = cache.intern_names(hash, named);
+        self.subset = (!wildcard).then_some(hash);
         changed
     }
 }
@@ -130,19 +141,17 @@ impl SotwMachine {
         })
     }
 
-    /// Did the last response drop names that other pushes of this round may
-    /// still reference? Then they are kept one more response.
-    fn removes_names(&self, snap: &Arc<Snapshot>, t: &TypeState) -> bool {
-        let (Some(served), Some(last)) = (t.served, &t.last) else { return false };
-        if !served.full_state || !t.wildcard && t.names.is_empty() {
-            return false;
+    /// Would the current state drop names the last response held? Then,
+    /// while other pushes of this round may still reference them, they are
+    /// kept one more response (make-before-break).
+    fn removes_names(&self, shared: &Shared, snap: &Arc<Snapshot>, t: &TypeState) -> bool {
+        match (t.served, &t.last) {
+            (Some(served), Some(last)) if served.full_state => {
+                let now = self.body(shared, snap, t, None);
+                shared.cache.removes_names(&last.body, &now)
+            }
+            _ => false,
         }
-        let group = self.session.group();
-        let before = select(&last.snapshot, served, group, t.names());
-        before.iter().any(|(n, e)| {
-            !snap.resources.contains_key(&keelson_hub::ResourceKey::new(served.group, served.kind, "", n))
-                || !e.serving.serves(group)
-        })
     }
 
     fn send(&mut self, shared: &Shared, snap: &Arc<Snapshot>, url: &str, body: Arc<SotwBody>) -> Outbound {
@@ -152,12 +161,12 @@ impl SotwMachine {
         let t = self.types.get_mut(url).expect("type present");
         t.last = Some(Sent { nonce, body, published: snap.built_at, snapshot: snap.clone() });
         t.force = false;
-        if let Some(refreshed) = t.served.and_then(|s| s.refreshes) {
-            if let Some(child) = self.types.get_mut(refreshed) {
-                // Envoy warms a cluster until a new EDS response arrives.
-                child.pending = true;
-                child.force = child.last.is_some();
-            }
+        if let Some(refreshed) = t.served.and_then(|s| s.refreshes)
+            && let Some(child) = self.types.get_mut(refreshed)
+        {
+            // Envoy warms a cluster until a new EDS response arrives.
+            child.pending = true;
+            child.force = child.last.is_some();
         }
         out
     }
@@ -173,27 +182,25 @@ impl Machine for SotwMachine {
         }
         let is_new = !self.types.contains_key(&req.type_url);
         let t = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState::new(&req.type_url));
-        if !is_new {
-            if let Some(last) = &t.last {
-                // Only an answer to the latest response counts; an older
-                // nonce is a request overtaken by a response (PROTOCOL.md §1).
-                if req.response_nonce != last.nonce.to_string() {
-                    shared.metrics.stale_requests.inc();
-                    return Ok(());
+        if !is_new && let Some(last) = &t.last {
+            // Only an answer to the latest response counts; an older
+            // nonce is a request overtaken by a response (PROTOCOL.md §1).
+            if req.response_nonce != last.nonce.to_string() {
+                shared.metrics.stale_requests.inc();
+                return Ok(());
+            }
+            let (nonce, version, published) = (last.nonce, last.body.version, last.published);
+            let fingerprint = last.body.fingerprint;
+            match &req.error_detail {
+                Some(err) => {
+                    t.nacked = Some(fingerprint);
+                    self.session.nacked(shared, &req.type_url, version, nonce, &err.message);
                 }
-                let (nonce, version, published) = (last.nonce, last.body.version, last.published);
-                let fingerprint = last.body.fingerprint;
-                match &req.error_detail {
-                    Some(err) => {
-                        t.nacked = Some(fingerprint);
-                        self.session.nacked(shared, &req.type_url, version, nonce, &err.message);
-                    }
-                    None => self.session.acked(shared, &req.type_url, version, nonce, published),
-                }
+                None => self.session.acked(shared, &req.type_url, version, nonce, published),
             }
         }
         let t = self.types.get_mut(&req.type_url).expect("inserted above");
-        if t.subscribe(&req.resource_names) {
+        if t.subscribe(&req.resource_names, &shared.cache) {
             t.pending = true;
         }
         if is_new {
@@ -204,10 +211,10 @@ impl Machine for SotwMachine {
 
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
         for t in self.types.values_mut() {
-            if let (Some(served), Some(last)) = (t.served, &t.last) {
-                if snap.kind_version(served.group, served.kind) != last.body.version {
-                    t.pending = true;
-                }
+            if let (Some(served), Some(last)) = (t.served, &t.last)
+                && snap.kind_version(served.group, served.kind) != last.body.version
+            {
+                t.pending = true;
             }
         }
     }
@@ -235,7 +242,7 @@ impl Machine for SotwMachine {
             let (url, final_push) = pick;
             let t = &self.types[&*url];
             let others_pending = self.types.values().any(|o| o.pending && o.order() > t.order());
-            let retain = !final_push && others_pending && self.removes_names(snap, t);
+            let retain = !final_push && others_pending && self.removes_names(shared, snap, t);
             let body = self.body(shared, snap, t, if retain { t.last.as_ref() } else { None });
             let send = match &t.last {
                 None => true, // the first request of a type is answered at once, even if empty

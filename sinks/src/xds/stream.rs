@@ -66,12 +66,11 @@ pub async fn drive<M: Machine>(
                     return end(status).await;
                 }
                 Some(Ok(req)) => {
-                    if let Some(l) = &limiter {
-                        if l.check().is_err() {
+                    if let Some(l) = &limiter
+                        && l.check().is_err() {
                             shared.metrics.reject("request_rate");
                             return end(Status::resource_exhausted("too many requests on this stream")).await;
                         }
-                    }
                     if let Err(status) = machine.on_request(req, &shared) {
                         shared.metrics.reject("invalid_request");
                         return end(status).await;

@@ -33,6 +33,8 @@ pub struct SotwBody {
     /// equal fingerprints carry the same config.
     pub fingerprint: u128,
     pub resources: usize,
+    /// Names of the items, sorted.
+    pub names: Vec<Box<str>>,
 }
 
 /// One item of a Delta response.

@@ -219,6 +219,19 @@ impl Sotw {
         DiscoveryResponse::decode(encode(&out).as_slice()).expect("decodes as Envoy's DiscoveryResponse")
     }
 
+    /// The next response's header only (type_url, version_info, nonce): a
+    /// client that skips decoding resources, for benchmarks that should
+    /// measure the server.
+    pub async fn recv_header(&mut self) -> DiscoveryResponse {
+        let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
+            .await
+            .expect("a response within the deadline")
+            .expect("stream open")
+            .expect("a response, not an error");
+        let h = ResponseHeader::decode(encode(&out).as_slice()).expect("decodes");
+        DiscoveryResponse { version_info: h.version_info, type_url: h.type_url, nonce: h.nonce, ..Default::default() }
+    }
+
     /// The stream's end status.
     pub async fn recv_err(&mut self) -> Status {
         match tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx)).await.expect("within deadline") {
@@ -234,6 +247,17 @@ impl Sotw {
             panic!("unexpected response: {:?}", DiscoveryResponse::decode(encode(&out).as_slice()));
         }
     }
+}
+
+/// DiscoveryResponse without its resources (prost skips unknown fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResponseHeader {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
 }
 
 /// A Delta client stream.

@@ -98,6 +98,23 @@ impl Serve {
         log
     }
 
+    /// Sends SIGTERM and polls for the exit until `deadline`: the status, or
+    /// `None` if it is still running (dropping it then kills it).
+    pub fn sigterm_within(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok);
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn sigkill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
