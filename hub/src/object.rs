@@ -63,6 +63,7 @@ pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
     if name.is_empty() {
         return Err("metadata.name is required".into());
     }
+    check_serving_metadata(&meta)?;
     let mut canonical = obj.clone();
     let mut kept: Map<String, Value> = meta.into_iter().filter(|(k, _)| KEPT_METADATA.contains(&k.as_str())).collect();
     kept.insert("name".into(), Value::String(name.clone()));
@@ -112,6 +113,24 @@ fn check_envoy(obj: &Map<String, Value>, message: &str, name_field: &str, meta_n
     spec.insert(name_field.to_string(), Value::String(name.to_string()));
     envoy::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
     Ok(name.to_string())
+}
+
+/// The label and annotation the xDS sink reads must make sense now, not
+/// surprise a proxy later.
+fn check_serving_metadata(meta: &Map<String, Value>) -> Result<(), String> {
+    use crate::state::{PROXY_GROUP_LABEL, TTL_ANNOTATION};
+    if let Some(group) = meta.get("labels").and_then(|l| l.get(PROXY_GROUP_LABEL)) {
+        if !group.as_str().is_some_and(|g| !g.is_empty()) {
+            return Err(format!("metadata.labels.{PROXY_GROUP_LABEL} must be a non-empty string"));
+        }
+    }
+    if let Some(ttl) = meta.get("annotations").and_then(|a| a.get(TTL_ANNOTATION)) {
+        let parsed = ttl.as_str().map(humantime::parse_duration);
+        if !matches!(parsed, Some(Ok(d)) if !d.is_zero()) {
+            return Err(format!("metadata.annotations.{TTL_ANNOTATION} = {ttl} is not a duration (try \"30s\")"));
+        }
+    }
+    Ok(())
 }
 
 fn known_kinds() -> String {
@@ -192,6 +211,14 @@ mod tests {
             (
                 json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "namespace": "x" }, "spec": { "name": "a" } }),
                 "cluster-scoped",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "annotations": { "keelson.dev/ttl": "soon" } }, "spec": { "name": "a" } }),
+                "keelson.dev/ttl",
+            ),
+            (
+                json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "labels": { "keelson.dev/proxy-group": "" } }, "spec": { "name": "a" } }),
+                "keelson.dev/proxy-group",
             ),
             (
                 json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "spec": {} }),
