@@ -123,7 +123,8 @@ impl ProxyRecord {
     pub fn nacked(&mut self, type_url: &str, short: &str, version: &str, nonce: &str, error: &str) {
         let t = self.type_mut(type_url, short);
         t.nacked_version = Some(version.to_string());
-        t.error = Some(error.to_string());
+        // Envoy ends its messages with a newline; tables want one line.
+        t.error = Some(error.trim_end().to_string());
         t.last_response_nacked = t.sent_nonce.as_deref() == Some(nonce);
     }
 }

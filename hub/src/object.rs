@@ -119,10 +119,10 @@ fn check_envoy(obj: &Map<String, Value>, message: &str, name_field: &str, meta_n
 /// surprise a proxy later.
 fn check_serving_metadata(meta: &Map<String, Value>) -> Result<(), String> {
     use crate::state::{PROXY_GROUP_LABEL, TTL_ANNOTATION};
-    if let Some(group) = meta.get("labels").and_then(|l| l.get(PROXY_GROUP_LABEL)) {
-        if !group.as_str().is_some_and(|g| !g.is_empty()) {
-            return Err(format!("metadata.labels.{PROXY_GROUP_LABEL} must be a non-empty string"));
-        }
+    if let Some(group) = meta.get("labels").and_then(|l| l.get(PROXY_GROUP_LABEL))
+        && group.as_str().is_none_or(str::is_empty)
+    {
+        return Err(format!("metadata.labels.{PROXY_GROUP_LABEL} must be a non-empty string"));
     }
     if let Some(ttl) = meta.get("annotations").and_then(|a| a.get(TTL_ANNOTATION)) {
         let parsed = ttl.as_str().map(humantime::parse_duration);

@@ -45,7 +45,9 @@ pub fn render(syncz: &Value) -> String {
         let acked = types.iter().filter_map(|t| t["acked_version"].as_str()?.parse::<u64>().ok()).max();
         row.push(acked.map_or("-".to_string(), |v| v.to_string()));
         rows.push(row);
-        for t in types.iter().filter(|t| t["error"].is_string()) {
+        // Only current rejections: a NACK the proxy has since moved past
+        // stays visible in /debug/syncz (`nacked_version`, `error`).
+        for t in types.iter().filter(|t| t["status"] == "NACKED") {
             nacks.push(format!(
                 "NACK {} {} version {}: {}",
                 text(&p["node"]),
@@ -86,7 +88,7 @@ mod tests {
         let syncz = serde_json::json!({"version": 9, "proxies": [{
             "node": "envoy-1", "cluster": "test", "stream": "sotw",
             "types": [
-                {"short": "CDS", "status": "SYNCED", "acked_version": "7", "error": null},
+                {"short": "CDS", "status": "SYNCED", "acked_version": "7", "nacked_version": "6", "error": "fixed since"},
                 {"short": "LDS", "status": "NACKED", "acked_version": "5", "nacked_version": "9", "error": "duplicate filter chain"}
             ]
         }]});

@@ -71,6 +71,7 @@ impl AdsServer {
             cache: ResponseCache::default(),
             group_key: cfg.group_key.clone(),
             nacks,
+            closing: watch::channel(false).0,
         });
         let server = AdsServer {
             shared,
@@ -157,6 +158,13 @@ pub async fn serve(
     ads: AdsServer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let shared = ads.shared.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // End every open stream (UNAVAILABLE: clients reconnect elsewhere),
+        // so the graceful shutdown below can finish.
+        shared.closing.send_replace(true);
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AggregatedDiscoveryServiceServer<AdsServer>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

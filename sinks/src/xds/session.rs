@@ -70,6 +70,9 @@ pub struct Shared {
     /// Bounded: a NACK storm never queues without limit (dropped ones are
     /// counted and still shown by the ledger).
     pub nacks: mpsc::Sender<NackRecord>,
+    /// Set when the server stops: every stream ends (gRPC's graceful
+    /// shutdown otherwise waits forever for ADS streams, which never end).
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Per-stream state common to SotW and Delta.

@@ -48,6 +48,10 @@ pub async fn drive<M: Machine>(
     let end = |status: Status| async {
         let _ = tx.send(Err(status)).await;
     };
+    let mut closing = shared.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return end(Status::unavailable("the xDS server is shutting down")).await;
+    }
     loop {
         let ready = snap.is_some() && machine.has_pending();
         tokio::select! {
@@ -77,6 +81,9 @@ pub async fn drive<M: Machine>(
                     }
                 }
             },
+            _ = closing.changed() => {
+                return end(Status::unavailable("the xDS server is shutting down")).await;
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return end(Status::unavailable("the hub is shutting down")).await;
