@@ -160,11 +160,7 @@ fn responses_types(full: bool) -> Vec<&'static str> {
 }
 
 async fn run(n: usize) {
-    let (mut cfg, rx) = Config::new();
-    for i in 0..CLUSTERS {
-        cfg.upsert(cluster(&format!("c{i}"))).upsert(endpoints(&format!("c{i}"), 1000 + i as u32));
-    }
-    cfg.upsert(listener("l", "r")).upsert(route("r", "c0"));
+    let (mut cfg, rx) = config();
     cfg.publish();
     let xds = XdsConfig { requests_per_stream_per_second: None, new_streams_per_second: None, ..XdsConfig::default() };
     let metrics = XdsMetrics::default();
@@ -191,7 +187,7 @@ async fn run(n: usize) {
     println!("idle memory: {:.1} KB per stream (RSS delta, in-process clients included)", per_stream / 1024.0);
 
     let stats = &server.shared().cache.stats;
-    let mut push = |label: &str, change: &mut dyn FnMut(&mut Config), expect: usize| {
+    for (label, expect) in [("one EDS change", 1usize), ("full-snapshot change", 4)] {
         let (b0, i0, e0) = (
             stats.bodies.load(Ordering::Relaxed),
             stats.items.load(Ordering::Relaxed),
@@ -199,29 +195,12 @@ async fn run(n: usize) {
         );
         let sent0 = metrics.bytes_sent.get();
         let (cpu0, t0) = (cpu_time(), Instant::now());
-        change(&mut cfg);
-        cfg.publish();
-        (label.to_string(), b0, i0, e0, sent0, cpu0, t0, expect)
-    };
-    for (label, expect) in [("one EDS change", 1usize), ("full-snapshot change", 4)] {
-        let mut change: Box<dyn FnMut(&mut Config)> = if expect == 1 {
-            Box::new(|c: &mut Config| {
-                c.upsert(endpoints("c7", 9999));
-            })
+        if expect == 1 {
+            cfg.upsert(endpoints("c7", 9999));
         } else {
-            Box::new(|c: &mut Config| {
-                for i in 0..CLUSTERS {
-                    let mut cl = cluster(&format!("c{i}"));
-                    cl["spec"]["connect_timeout"] = serde_json::json!("3s");
-                    c.upsert(cl).upsert(endpoints(&format!("c{i}"), 2000 + i as u32));
-                }
-                c.upsert(route("r", "c1"));
-                let mut l = listener("l", "r");
-                l["spec"]["address"]["socket_address"]["port_value"] = serde_json::json!(10001);
-                c.upsert(l);
-            })
-        };
-        let (label, b0, i0, e0, sent0, cpu0, t0, expect) = push(label, &mut *change, expect);
+            full_change(&mut cfg);
+        }
+        cfg.publish();
         // Each stream gets `expect` responses (full change: CDS, EDS, LDS, RDS).
         for s in &mut all {
             for _ in 0..expect {

@@ -119,10 +119,7 @@ impl Machine for DeltaMachine {
     type Request = DeltaDiscoveryRequest;
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest, shared: &Shared) -> Result<(), Status> {
-        self.session.identify(req.node.as_ref(), shared)?;
-        if req.type_url.is_empty() {
-            return Err(Status::invalid_argument("type_url is required on an aggregated stream"));
-        }
+        self.session.admit(req.node.as_ref(), &req.type_url, shared)?;
         let is_new = !self.types.contains_key(&req.type_url);
         if is_new {
             // Reconnect: the client says what it holds; only differences go out.

@@ -89,8 +89,18 @@ impl Session {
         Session { peer: None, ledger: None, next_nonce: 0, stream, remote }
     }
 
+    /// Checks what every request must have: a node on the first one (later
+    /// requests may omit it) and, on an aggregated stream, a type URL.
+    pub fn admit(&mut self, node: Option<&Node>, type_url: &str, shared: &Shared) -> Result<(), Status> {
+        self.identify(node, shared)?;
+        if type_url.is_empty() {
+            return Err(Status::invalid_argument("type_url is required on an aggregated stream"));
+        }
+        Ok(())
+    }
+
     /// Takes the node from the first request; later requests may omit it.
-    pub fn identify(&mut self, node: Option<&Node>, shared: &Shared) -> Result<(), Status> {
+    fn identify(&mut self, node: Option<&Node>, shared: &Shared) -> Result<(), Status> {
         if self.peer.is_some() {
             return Ok(());
         }

@@ -176,10 +176,7 @@ impl Machine for SotwMachine {
     type Request = DiscoveryRequest;
 
     fn on_request(&mut self, req: DiscoveryRequest, shared: &Shared) -> Result<(), Status> {
-        self.session.identify(req.node.as_ref(), shared)?;
-        if req.type_url.is_empty() {
-            return Err(Status::invalid_argument("type_url is required on an aggregated stream"));
-        }
+        self.session.admit(req.node.as_ref(), &req.type_url, shared)?;
         let is_new = !self.types.contains_key(&req.type_url);
         let t = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState::new(&req.type_url));
         if !is_new && let Some(last) = &t.last {

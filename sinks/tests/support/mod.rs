@@ -146,6 +146,16 @@ pub fn node(id: &str, cluster: &str) -> Option<Node> {
     Some(Node { id: id.into(), cluster: cluster.into(), ..Node::default() })
 }
 
+/// The next response of a stream, within the deadline.
+async fn next_out(rx: &mut ReceiverStream<Result<Outbound, Status>>) -> Vec<u8> {
+    let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(rx))
+        .await
+        .expect("a response within the deadline")
+        .expect("stream open")
+        .expect("a response, not an error");
+    encode(&out)
+}
+
 pub fn encode(out: &Outbound) -> Vec<u8> {
     let mut buf = Vec::new();
     out.encode(&mut buf);
@@ -211,24 +221,15 @@ impl Sotw {
     }
 
     pub async fn recv(&mut self) -> DiscoveryResponse {
-        let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
-            .await
-            .expect("a response within the deadline")
-            .expect("stream open")
-            .expect("a response, not an error");
-        DiscoveryResponse::decode(encode(&out).as_slice()).expect("decodes as Envoy's DiscoveryResponse")
+        let bytes = next_out(&mut self.rx).await;
+        DiscoveryResponse::decode(bytes.as_slice()).expect("decodes as Envoy's DiscoveryResponse")
     }
 
     /// The next response's header only (type_url, version_info, nonce): a
     /// client that skips decoding resources, for benchmarks that should
     /// measure the server.
     pub async fn recv_header(&mut self) -> DiscoveryResponse {
-        let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
-            .await
-            .expect("a response within the deadline")
-            .expect("stream open")
-            .expect("a response, not an error");
-        let h = ResponseHeader::decode(encode(&out).as_slice()).expect("decodes");
+        let h = ResponseHeader::decode(next_out(&mut self.rx).await.as_slice()).expect("decodes");
         DiscoveryResponse { version_info: h.version_info, type_url: h.type_url, nonce: h.nonce, ..Default::default() }
     }
 
@@ -292,12 +293,8 @@ impl Delta {
     }
 
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
-            .await
-            .expect("a response within the deadline")
-            .expect("stream open")
-            .expect("a response, not an error");
-        DeltaDiscoveryResponse::decode(encode(&out).as_slice()).expect("decodes as Envoy's DeltaDiscoveryResponse")
+        let bytes = next_out(&mut self.rx).await;
+        DeltaDiscoveryResponse::decode(bytes.as_slice()).expect("decodes as Envoy's DeltaDiscoveryResponse")
     }
 
     pub async fn silent(&mut self, window: Duration) {
