@@ -426,3 +426,31 @@ fn quickstart_rx() -> (Config, tokio::sync::watch::Receiver<Option<std::sync::Ar
     cfg.upsert(cluster("a")).upsert(endpoints("a", 1)).upsert(listener("l", "r")).upsert(route("r", "a"));
     (cfg, rx)
 }
+
+#[tokio::test]
+async fn delta_removals_wait_until_every_upsert_is_out() {
+    let (mut cfg, rx) = quickstart_rx();
+    cfg.publish();
+    let (server, _, _) = server(rx, XdsConfig::default());
+    let mut d = Delta::open(&server);
+    d.subscribe(CDS, &["*"], "");
+    let r = d.recv().await;
+    d.subscribe(CDS, &[], &r.nonce);
+    d.subscribe(RDS, &["r"], "");
+    let r = d.recv().await;
+    d.subscribe(RDS, &[], &r.nonce);
+    // Cluster a is replaced by b, and the route moves to b, in one snapshot.
+    cfg.delete("Cluster", "a").upsert(cluster("b")).upsert(route("r", "b"));
+    cfg.publish();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = d.recv().await;
+        let upserts: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
+        seen.push((support_short(&r.type_url), upserts, r.removed_resources.clone()));
+        d.subscribe(&r.type_url, &[], &r.nonce);
+    }
+    let b = || vec!["b".to_string()];
+    let r = || vec!["r".to_string()];
+    let a = || vec!["a".to_string()];
+    assert_eq!(seen, [("CDS", b(), vec![]), ("RDS", r(), vec![]), ("CDS", vec![], a())]);
+}

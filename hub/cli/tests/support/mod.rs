@@ -474,3 +474,5 @@ fn serve_http(mut conn: TcpStream, body: &str, stop: &std::sync::atomic::AtomicB
         }
     }
 }
+
+pub mod real;
