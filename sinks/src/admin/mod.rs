@@ -70,7 +70,11 @@ async fn readyz(State(a): State<Admin>) -> Response {
 
 async fn metrics(State(a): State<Admin>) -> Response {
     let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &a.registry) {
+    if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut text, &a.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    text.push_str(&process_metrics());
+    if let Err(e) = prometheus_client::encoding::text::encode_eof(&mut text) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
@@ -103,6 +107,29 @@ pub fn syncz_json(version: u64, ledger: &AckLedger) -> Value {
         })
         .collect();
     json!({ "version": version, "proxies": proxies })
+}
+
+/// The standard process series (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`), read from /proc/self at
+/// scrape time; empty where /proc is absent.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()) {
+        let bytes = kb.parse::<u64>().unwrap_or(0) * 1024;
+        out.push_str(&format!("# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {bytes}\n"));
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+        // USER_HZ is 100 on Linux.
+        let secs = (u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0)) as f64 / 100.0;
+        out.push_str(&format!("# HELP process_cpu_seconds Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {secs}\n"));
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.push_str(&format!("# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n", fds.count()));
+    }
+    out
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,93 @@
+//! The run's report: a summary table on stdout and a JSON document whose
+//! field names outside scripts rely on.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::measure::ChangeResult;
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub proxies: usize,
+    pub mode: String,
+    pub scenario: String,
+    /// Proxies connected at the end of the run.
+    pub connected: usize,
+    /// Proxies that completed their initial sync.
+    pub synced: usize,
+    /// From the first connection attempt to the last proxy's initial sync.
+    pub initial_sync_s: Option<f64>,
+    /// Over every proxy of every change, milliseconds.
+    pub convergence_ms: Percentiles,
+    pub changes: usize,
+    /// Proxy-changes that never converged (a change closed with proxies missing).
+    pub missed: usize,
+    pub acks: u64,
+    pub nacks: u64,
+    /// Stream and connection failures (each reconnect counts).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Hub RSS at the end, and its growth from before the proxies connected.
+    pub hub_rss_bytes: Option<u64>,
+    pub hub_rss_per_proxy_bytes: Option<f64>,
+    /// Hub CPU seconds during the change phase, and per change.
+    pub hub_cpu_s: Option<f64>,
+    pub hub_cpu_s_per_change: Option<f64>,
+    /// Hub CPU seconds during connect and initial sync.
+    pub hub_sync_cpu_s: Option<f64>,
+    pub bytes_received: u64,
+    pub bytes_received_per_change: Option<f64>,
+    pub per_change: Vec<ChangeResult>,
+}
+
+fn opt(v: Option<f64>, unit: &str, scale: f64) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{:.2} {unit}", v * scale))
+}
+
+impl Report {
+    /// True when every proxy connected, synced, and converged on every change, without errors.
+    pub fn clean(&self) -> bool {
+        self.connected == self.proxies && self.synced == self.proxies && self.missed == 0 && self.errors == 0
+    }
+
+    pub fn table(&self) -> String {
+        let c = &self.convergence_ms;
+        let mut s = String::new();
+        let rows: Vec<(&str, String)> = vec![
+            ("target", self.target.clone()),
+            ("proxies / mode / scenario", format!("{} / {} / {}", self.proxies, self.mode, self.scenario)),
+            ("connected / synced", format!("{} / {}", self.connected, self.synced)),
+            ("initial sync", opt(self.initial_sync_s, "s", 1.0)),
+            ("changes", self.changes.to_string()),
+            (
+                "convergence p50 / p90 / p99 / max",
+                format!("{:.1} / {:.1} / {:.1} / {:.1} ms", c.p50, c.p90, c.p99, c.max),
+            ),
+            ("missed proxy-changes", self.missed.to_string()),
+            ("acks / nacks / errors", format!("{} / {} / {}", self.acks, self.nacks, self.errors)),
+            ("hub RSS (end)", opt(self.hub_rss_bytes.map(|b| b as f64), "MiB", 1.0 / 1048576.0)),
+            ("hub RSS per proxy", opt(self.hub_rss_per_proxy_bytes, "KiB", 1.0 / 1024.0)),
+            ("hub CPU, sync phase", opt(self.hub_sync_cpu_s, "s", 1.0)),
+            ("hub CPU per change", opt(self.hub_cpu_s_per_change, "ms", 1e3)),
+            ("bytes received per change", opt(self.bytes_received_per_change, "KiB", 1.0 / 1024.0)),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in rows {
+            let _ = writeln!(s, "{k:<width$}  {v}");
+        }
+        if let Some(e) = &self.last_error {
+            let _ = writeln!(s, "{:<width$}  {e}", "last error");
+        }
+        s
+    }
+}
