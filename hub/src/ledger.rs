@@ -32,21 +32,27 @@ pub struct TypeRecord {
     pub type_url: String,
     /// Short name for tables (CDS, LDS…, or the kind for other types).
     pub short: String,
-    pub sent_version: Option<String>,
-    pub sent_nonce: Option<String>,
+    // Versions (log seqs) and nonces are numbers here, strings on the wire
+    // and in JSON: 8 bytes each instead of a heap string, per type, per proxy.
+    #[serde(serialize_with = "opt_string")]
+    pub sent_version: Option<u64>,
+    #[serde(serialize_with = "opt_string")]
+    pub sent_nonce: Option<u64>,
     #[serde(with = "opt_time")]
     pub sent_at: Option<SystemTime>,
-    pub acked_version: Option<String>,
+    #[serde(serialize_with = "opt_string")]
+    pub acked_version: Option<u64>,
     #[serde(with = "opt_time")]
     pub acked_at: Option<SystemTime>,
     /// The version the proxy rejected last, and why.
-    pub nacked_version: Option<String>,
+    #[serde(serialize_with = "opt_string")]
+    pub nacked_version: Option<u64>,
     pub error: Option<String>,
     /// Does the last NACK answer the last response sent?
     #[serde(skip)]
     last_response_nacked: bool,
     #[serde(skip)]
-    acked_nonce: Option<String>,
+    acked_nonce: Option<u64>,
 }
 
 impl TypeRecord {
@@ -103,29 +109,29 @@ impl ProxyRecord {
         self.type_mut(type_url, short);
     }
 
-    pub fn sent(&mut self, type_url: &str, short: &str, version: &str, nonce: &str) {
+    pub fn sent(&mut self, type_url: &str, short: &str, version: u64, nonce: u64) {
         let t = self.type_mut(type_url, short);
-        t.sent_version = Some(version.to_string());
-        t.sent_nonce = Some(nonce.to_string());
+        t.sent_version = Some(version);
+        t.sent_nonce = Some(nonce);
         t.sent_at = Some(SystemTime::now());
         t.last_response_nacked = false;
     }
 
     /// An ACK of the response with `nonce`, which carried `version`.
-    pub fn acked(&mut self, type_url: &str, short: &str, version: &str, nonce: &str) {
+    pub fn acked(&mut self, type_url: &str, short: &str, version: u64, nonce: u64) {
         let t = self.type_mut(type_url, short);
-        t.acked_version = Some(version.to_string());
-        t.acked_nonce = Some(nonce.to_string());
+        t.acked_version = Some(version);
+        t.acked_nonce = Some(nonce);
         t.acked_at = Some(SystemTime::now());
     }
 
     /// A NACK of the response with `nonce`, which carried `version`.
-    pub fn nacked(&mut self, type_url: &str, short: &str, version: &str, nonce: &str, error: &str) {
+    pub fn nacked(&mut self, type_url: &str, short: &str, version: u64, nonce: u64, error: &str) {
         let t = self.type_mut(type_url, short);
-        t.nacked_version = Some(version.to_string());
+        t.nacked_version = Some(version);
         // Envoy ends its messages with a newline; tables want one line.
         t.error = Some(error.trim_end().to_string());
-        t.last_response_nacked = t.sent_nonce.as_deref() == Some(nonce);
+        t.last_response_nacked = t.sent_nonce == Some(nonce);
     }
 }
 
@@ -182,6 +188,13 @@ impl AckLedger {
     }
 }
 
+fn opt_string<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
 mod opt_time {
     use std::time::SystemTime;
 
@@ -206,19 +219,25 @@ mod tests {
         let status = || entry.lock().types[CDS].status();
         entry.lock().subscribed(CDS, "CDS");
         assert_eq!(status(), SyncStatus::NotSent);
-        entry.lock().sent(CDS, "CDS", "5", "1");
+        entry.lock().sent(CDS, "CDS", 5, 1);
         assert_eq!(status(), SyncStatus::Stale);
-        entry.lock().acked(CDS, "CDS", "5", "1");
+        entry.lock().acked(CDS, "CDS", 5, 1);
         assert_eq!(status(), SyncStatus::Synced);
-        entry.lock().sent(CDS, "CDS", "7", "2");
+        entry.lock().sent(CDS, "CDS", 7, 2);
         assert_eq!(status(), SyncStatus::Stale);
-        entry.lock().nacked(CDS, "CDS", "7", "2", "bad cluster");
+        entry.lock().nacked(CDS, "CDS", 7, 2, "bad cluster");
         assert_eq!(status(), SyncStatus::Nacked);
-        assert_eq!(entry.lock().types[CDS].acked_version.as_deref(), Some("5"), "a NACK keeps the last ACK");
-        entry.lock().sent(CDS, "CDS", "9", "3");
-        entry.lock().acked(CDS, "CDS", "9", "3");
+        assert_eq!(entry.lock().types[CDS].acked_version, Some(5), "a NACK keeps the last ACK");
+        entry.lock().sent(CDS, "CDS", 9, 3);
+        entry.lock().acked(CDS, "CDS", 9, 3);
         assert_eq!(status(), SyncStatus::Synced);
-        assert_eq!(entry.lock().types[CDS].nacked_version.as_deref(), Some("7"), "the last NACK stays visible");
+        assert_eq!(entry.lock().types[CDS].nacked_version, Some(7), "the last NACK stays visible");
+        let json = serde_json::to_value(&entry.lock().types[CDS]).unwrap();
+        assert_eq!(
+            (json["sent_version"].as_str(), json["nacked_version"].as_str()),
+            (Some("9"), Some("7")),
+            "strings in JSON"
+        );
     }
 
     #[test]

@@ -203,3 +203,51 @@ impl Options {
         Ok(o)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(scenario: &str) -> Args {
+        Args::parse_from([
+            "keelson-loadtest",
+            "--target",
+            "127.0.0.1:18000",
+            "--trigger-url",
+            "http://127.0.0.1:1/x",
+            "--scenario",
+            scenario,
+        ])
+    }
+
+    #[test]
+    fn every_committed_scenario_file_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let o =
+                Options::resolve(args(path.to_str().unwrap())).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(o.proxies >= 1 && !o.duration.is_zero(), "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 4);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_bad_input_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "scenario = \"rds-change\"\nproxies = 7\nduration = \"5s\"\n").unwrap();
+        let mut a = args(file.to_str().unwrap());
+        a.proxies = Some(9);
+        let o = Options::resolve(a).unwrap();
+        assert_eq!((o.proxies, o.scenario, o.duration), (9, ScenarioKind::RdsChange, Duration::from_secs(5)));
+        std::fs::write(&file, "scenario = \"rds-change\"\nproxys = 7\n").unwrap();
+        assert!(Options::resolve(args(file.to_str().unwrap())).unwrap_err().to_string().contains("proxys"));
+        assert!(Options::resolve(args("nope")).unwrap_err().to_string().contains("unknown scenario"));
+        let mut a = args("eds-churn");
+        a.trigger_url = None;
+        assert!(Options::resolve(a).unwrap_err().to_string().contains("--admin"));
+    }
+}

@@ -114,8 +114,9 @@ impl Scenario {
         let mut steps = Vec::new();
         for s in 0..self.services.max(1) {
             let name = format!("lt-svc-{s}");
-            steps.push(Step::Put(Kind::Cds, cluster(&name, 1000)));
+            // Endpoints before their cluster, so no cluster waits for them.
             steps.push(Step::Put(Kind::Eds, endpoints(&name, self.endpoints, 0)));
+            steps.push(Step::Put(Kind::Cds, cluster(&name, 1000)));
         }
         steps.push(Step::Put(Kind::Rds, route(0, self.services)));
         steps.push(Step::Put(Kind::Lds, listener(0)));

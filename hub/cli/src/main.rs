@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 // glibc malloc's arena lock showed up as the top contention point between
 // appenders and sled's flusher threads; mimalloc raised durable append
 // throughput ~50% (docs/benchmarks.md).
+// The `system-alloc` feature turns it off, so heap profilers that hook the
+// system allocator (valgrind massif, heaptrack) see every allocation.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -40,6 +40,11 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
+    // One socket per connected proxy: use all the open files the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
     let store = EventStore::open(&cfg.data_dir, OpenOptions { create: true, repair: false })
         .with_context(|| format!("cannot open the event log in {}", cfg.data_dir.display()))?;
     let token = match &cfg.api_token_file {

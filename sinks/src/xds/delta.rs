@@ -99,7 +99,7 @@ impl DeltaMachine {
         version: u64,
     ) -> Outbound {
         let nonce = self.session.nonce();
-        let out = Outbound::Delta { response, nonce };
+        let out = Outbound::Delta { response: Box::new(response), nonce };
         self.session.sent(shared, url, version, nonce, out.encoded_len());
         let t = self.types.get_mut(url).expect("type present");
         t.last = Some((nonce, version, snap.built_at));

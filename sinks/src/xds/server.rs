@@ -9,7 +9,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keelson_hub::{AckLedger, Snapshot};
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::ResponseCache;
@@ -17,8 +17,7 @@ use super::delta::DeltaMachine;
 use super::metrics::{StreamLabel, XdsMetrics};
 use super::session::{GroupKey, NackRecord, Session, Shared};
 use super::sotw::SotwMachine;
-use super::stream::{Machine, StreamLimits, drive};
-use super::wire::Outbound;
+use super::stream::{Machine, ResponseStream, StreamLimits, drive};
 use crate::xds::generated::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -103,7 +102,7 @@ impl AdsServer {
         machine: M,
         protocol: &'static str,
         requests: impl tokio_stream::Stream<Item = Result<M::Request, Status>> + Unpin + Send + 'static,
-    ) -> ReceiverStream<Result<Outbound, Status>> {
+    ) -> ResponseStream {
         // One slot: a response waits here only while the connection is busy;
         // newer snapshots replace what the machine would send next.
         let (tx, rx) = mpsc::channel(1);
@@ -114,7 +113,7 @@ impl AdsServer {
             drive(machine, shared, snapshots, requests, tx, limits).await;
             gauge.dec();
         });
-        ReceiverStream::new(rx)
+        ResponseStream(rx)
     }
 
     /// The tonic service with Keelson's size limits applied.
@@ -130,8 +129,8 @@ fn remote(req: &Request<impl Sized>) -> String {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<Outbound, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<Outbound, Status>>;
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = ResponseStream;
 
     async fn stream_aggregated_resources(
         &self,
@@ -177,8 +176,36 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accept_loop(listener), shutdown)
         .await
+}
+
+/// Accepted connections. An accept error (EMFILE when the file limit is
+/// reached, a connection reset before accept) is logged and retried after a
+/// pause; fed to tonic directly, it would end the whole server.
+fn accept_loop(listener: tokio::net::TcpListener) -> ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    if tx.send(Ok(stream)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("xDS accept failed (retrying in 100 ms): {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// The address a bound listener got (for logs and tests).

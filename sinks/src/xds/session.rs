@@ -152,7 +152,7 @@ impl Session {
         let short = short_name(type_url);
         shared.metrics.sent(short, bytes);
         if let Some(l) = &self.ledger {
-            l.lock().sent(type_url, short, &version.to_string(), &nonce.to_string());
+            l.lock().sent(type_url, short, version, nonce);
         }
     }
 
@@ -162,7 +162,7 @@ impl Session {
         let short = short_name(type_url);
         shared.metrics.acked(short, published);
         if let Some(l) = &self.ledger {
-            l.lock().acked(type_url, short, &version.to_string(), &nonce.to_string());
+            l.lock().acked(type_url, short, version, nonce);
         }
     }
 
@@ -172,7 +172,7 @@ impl Session {
         let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
         tracing::warn!(%node, type_url, version, "NACK: {error}");
         if let Some(l) = &self.ledger {
-            l.lock().nacked(type_url, short, &version.to_string(), &nonce.to_string(), error);
+            l.lock().nacked(type_url, short, version, nonce, error);
         }
         let record = NackRecord { node, type_url: type_url.into(), version: version.to_string(), error: error.into() };
         if shared.nacks.try_send(record).is_err() {

@@ -26,6 +26,22 @@ pub trait Machine: Send {
     fn next(&mut self, snap: &Arc<Snapshot>, shared: &Shared) -> Option<Outbound>;
 }
 
+/// A stream's responses, as tonic takes them. The queue holds boxed errors
+/// so each of its slots (tokio allocates 32 per channel) stays small: with
+/// 10,000 streams that is 2 KB per stream saved.
+pub struct ResponseStream(pub mpsc::Receiver<Result<Outbound, Box<Status>>>);
+
+impl Stream for ResponseStream {
+    type Item = Result<Outbound, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|item| item.map(|r| r.map_err(|status| *status)))
+    }
+}
+
 /// Per-stream limits.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamLimits {
@@ -39,14 +55,14 @@ pub async fn drive<M: Machine>(
     shared: Arc<Shared>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     mut requests: impl Stream<Item = Result<M::Request, Status>> + Unpin,
-    tx: mpsc::Sender<Result<Outbound, Status>>,
+    tx: mpsc::Sender<Result<Outbound, Box<Status>>>,
     limits: StreamLimits,
 ) {
     let limiter: Option<DefaultDirectRateLimiter> =
         limits.requests_per_second.map(|n| RateLimiter::direct(Quota::per_second(n)));
     let mut snap: Option<Arc<Snapshot>> = snapshots.borrow_and_update().clone();
     let end = |status: Status| async {
-        let _ = tx.send(Err(status)).await;
+        let _ = tx.send(Err(Box::new(status))).await;
     };
     let mut closing = shared.closing.subscribe();
     if *closing.borrow_and_update() {

@@ -58,8 +58,15 @@ pub struct DeltaResponse {
 /// What a stream hands to its connection.
 #[derive(Debug)]
 pub enum Outbound {
-    Sotw { body: Arc<SotwBody>, nonce: u64 },
-    Delta { response: DeltaResponse, nonce: u64 },
+    Sotw {
+        body: Arc<SotwBody>,
+        nonce: u64,
+    },
+    /// Boxed: the queue slot every stream keeps stays the size of the SotW case.
+    Delta {
+        response: Box<DeltaResponse>,
+        nonce: u64,
+    },
 }
 
 impl Outbound {
@@ -240,8 +247,16 @@ impl Encoder for OutboundEncoder {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        stream_buffers()
     }
+}
+
+/// Per-stream codec buffers. tonic's default (8 KiB each way) is kept by
+/// every open stream; with 10,000 proxies that is 160 MB of mostly idle
+/// buffer. Requests (ACKs) are small and responses are copied in whole
+/// anyway, so start at 1 KiB and let a large message grow the buffer.
+fn stream_buffers() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
 }
 
 pub struct RequestDecoder<Req>(PhantomData<fn() -> Req>);
@@ -252,6 +267,10 @@ impl<Req: prost::Message + Default> Decoder for RequestDecoder<Req> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
         Req::decode(src).map(Some).map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        stream_buffers()
     }
 }
 
@@ -276,12 +295,12 @@ mod tests {
                 ttl: Some(Duration::from_millis(1500)),
             };
             let out = Outbound::Delta {
-                response: DeltaResponse {
+                response: Box::new(DeltaResponse {
                     system_version_info: "42".into(),
                     type_url: any().type_url.into(),
                     resources: vec![item],
                     removed: vec!["gone".into()],
-                },
+                }),
                 nonce,
             };
             let mut buf = Vec::new();

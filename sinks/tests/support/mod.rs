@@ -15,12 +15,12 @@ use keelson_proto::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use keelson_sinks::xds::metrics::XdsMetrics;
+use keelson_sinks::xds::stream::ResponseStream;
 use keelson_sinks::xds::wire::Outbound;
 use keelson_sinks::xds::{AdsServer, NackRecord, XdsConfig};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -147,7 +147,7 @@ pub fn node(id: &str, cluster: &str) -> Option<Node> {
 }
 
 /// The next response of a stream, within the deadline.
-async fn next_out(rx: &mut ReceiverStream<Result<Outbound, Status>>) -> Vec<u8> {
+async fn next_out(rx: &mut ResponseStream) -> Vec<u8> {
     let out = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(rx))
         .await
         .expect("a response within the deadline")
@@ -165,7 +165,7 @@ pub fn encode(out: &Outbound) -> Vec<u8> {
 /// A SotW client stream.
 pub struct Sotw {
     tx: mpsc::UnboundedSender<Result<DiscoveryRequest, Status>>,
-    rx: ReceiverStream<Result<Outbound, Status>>,
+    rx: ResponseStream,
     pub node: Option<Node>,
 }
 
@@ -264,7 +264,7 @@ pub struct ResponseHeader {
 /// A Delta client stream.
 pub struct Delta {
     tx: mpsc::UnboundedSender<Result<DeltaDiscoveryRequest, Status>>,
-    rx: ReceiverStream<Result<Outbound, Status>>,
+    rx: ResponseStream,
 }
 
 impl Delta {
