@@ -12,12 +12,8 @@ use support::Serve;
 
 const PROXIES: usize = 200;
 
-fn run(mode: Mode, scenario: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "smoke-token\n").unwrap();
-    let serve = Serve::start(&dir.path().join("data"), &["--api-token-file", token.to_str().unwrap()]);
-    let args = Args {
+fn args(serve: &Serve, token: std::path::PathBuf, mode: Mode, scenario: &str) -> Args {
+    Args {
         target: serve.grpc.clone(),
         admin: Some(serve.admin.clone()),
         token_file: Some(token),
@@ -34,11 +30,21 @@ fn run(mode: Mode, scenario: &str) {
         nack_pattern: None,
         node_cluster: None,
         hub_pid: Some(serve.child.id()),
-        json: Some(dir.path().join("report.json")),
-        plot: Some(dir.path().join("report.svg")),
+        json: None,
+        plot: None,
         sync_timeout: Some(Duration::from_secs(60)),
         quiet: true,
-    };
+    }
+}
+
+fn run(mode: Mode, scenario: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "smoke-token\n").unwrap();
+    let serve = Serve::start(&dir.path().join("data"), &["--api-token-file", token.to_str().unwrap()]);
+    let mut args = args(&serve, token, mode, scenario);
+    args.json = Some(dir.path().join("report.json"));
+    args.plot = Some(dir.path().join("report.svg"));
     let options = Options::resolve(args).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (report, _) = rt.block_on(keelson_loadtest::run(&options)).unwrap();
@@ -83,4 +89,69 @@ fn smoke_200_sotw_proxies_converge_on_eds_churn() {
 #[test]
 fn smoke_200_delta_proxies_converge_on_a_full_change() {
     run(Mode::Delta, "full-change");
+}
+
+/// Peer mode, pointed at Keelson itself: each change is a POST to a small
+/// trigger server (what another control plane's harness would be), which
+/// makes the change through Keelson's API; convergence runs from the POST to
+/// each proxy ACKing a different RDS version.
+#[test]
+fn peer_mode_measures_from_the_trigger_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "peer-token\n").unwrap();
+    let serve = Serve::start(&dir.path().join("data"), &["--api-token-file", token.to_str().unwrap()]);
+    // The config the proxies hold before any trigger: a listener and its route.
+    let route = |n: u32| {
+        serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "RouteConfiguration", "metadata": {"name": "peer-route"},
+            "spec": {"name": "peer-route", "virtual_hosts": [{"name": "v", "domains": ["*"],
+                "routes": [{"name": format!("r{n}"), "match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}})
+        .to_string()
+    };
+    let listener = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Listener", "metadata": {"name": "peer-listener"},
+        "spec": {"name": "peer-listener", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10998}},
+            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "p", "rds": {"route_config_name": "peer-route", "config_source": {"ads": {}}},
+                "http_filters": [{"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}});
+    for (path, body) in [
+        ("/v1/resources/xds.keelson.dev/RouteConfiguration/-/peer-route", route(0)),
+        ("/v1/resources/xds.keelson.dev/Listener/-/peer-listener", listener.to_string()),
+    ] {
+        let (status, answer) = serve.put(path, "peer-token", &body);
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+
+    let trigger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trigger_url = format!("http://{}/change", trigger.local_addr().unwrap());
+    let admin = serve.admin.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for (n, conn) in (1u32..).zip(trigger.incoming()) {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let (status, _) = support::http_request(
+                &admin,
+                "PUT",
+                "/v1/resources/xds.keelson.dev/RouteConfiguration/-/peer-route",
+                Some("peer-token"),
+                &route(n),
+            );
+            let _ = write!(conn, "HTTP/1.1 {status} OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let mut a = args(&serve, token, Mode::Sotw, "rds-change");
+    a.admin = None;
+    a.token_file = None;
+    a.trigger_url = Some(trigger_url);
+    a.proxies = Some(20);
+    let options = Options::resolve(a).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (report, _) = rt.block_on(keelson_loadtest::run(&options)).unwrap();
+    assert!(report.clean(), "{}", report.table());
+    assert!(report.changes >= 3 && report.per_change.iter().all(|c| c.reached == 20), "{}", report.table());
+    // Convergence includes the hub's snapshot debounce (100 ms quiet).
+    assert!(report.convergence_ms.p50 >= 50.0, "{}", report.table());
+    serve.sigterm();
 }
