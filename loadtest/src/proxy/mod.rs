@@ -190,6 +190,50 @@ pub enum SessionError {
     Ended,
 }
 
+/// Once per connection: the proxy has ACKed every type it subscribed to
+/// (EDS and RDS count only when CDS and LDS named something).
+struct SyncWatch {
+    acked: [bool; 4],
+    reported: bool,
+}
+
+impl SyncWatch {
+    fn new() -> Self {
+        SyncWatch { acked: [false; 4], reported: false }
+    }
+
+    /// Records an ACK of `kind`; emits `Synced` the first time all are in.
+    /// `child_empty(k)`: no names subscribed for EDS/RDS kind `k`.
+    fn acked(&mut self, kind: Kind, fleet: &Fleet, id: u32, child_empty: impl Fn(Kind) -> bool) {
+        self.acked[kind as usize] = true;
+        let done = |k: Kind| self.acked[k as usize] || (k.child().is_none() && child_empty(k));
+        if !self.reported && Kind::ALL.into_iter().all(done) {
+            self.reported = true;
+            fleet.emit(ProxyEvent::Synced { proxy: id, at: Instant::now() });
+        }
+    }
+}
+
+/// Feeds a stream's responses to `on` until the fleet stops or the stream ends.
+async fn pump<R>(
+    fleet: &Fleet,
+    id: u32,
+    mut stream: tonic::Streaming<R>,
+    mut on: impl FnMut(R),
+) -> Result<(), SessionError> {
+    fleet.emit(ProxyEvent::Connected { proxy: id });
+    let mut stop = fleet.stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            msg = stream.message() => match msg? {
+                Some(r) => on(r),
+                None => return Err(SessionError::Ended),
+            },
+        }
+    }
+}
+
 async fn connect(fleet: &Fleet) -> Result<tonic::transport::Channel, SessionError> {
     // One Endpoint per proxy: each simulated Envoy has its own connection.
     let ch = tonic::transport::Endpoint::from_shared(fleet.target.clone())

@@ -10,7 +10,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{Fleet, Kind, ProxyEvent, SessionError, connect, decode, version_of};
+use super::{Fleet, Kind, ProxyEvent, SessionError, SyncWatch, connect, decode, pump, version_of};
 
 #[derive(Default)]
 struct TypeState {
@@ -27,7 +27,7 @@ struct Session<'a> {
     tx: mpsc::UnboundedSender<DiscoveryRequest>,
     types: [TypeState; 4],
     first: bool,
-    synced: bool,
+    sync: SyncWatch,
 }
 
 impl Session<'_> {
@@ -83,19 +83,8 @@ impl Session<'_> {
                 self.request(child, None);
             }
         }
-        self.check_synced();
-    }
-
-    fn check_synced(&mut self) {
-        if self.synced {
-            return;
-        }
-        let done = |k: Kind| self.types[k as usize].acked_once;
-        let child_done = |k: Kind| done(k) || self.types[k as usize].names.is_empty();
-        if done(Kind::Cds) && done(Kind::Lds) && child_done(Kind::Eds) && child_done(Kind::Rds) {
-            self.synced = true;
-            self.fleet.emit(ProxyEvent::Synced { proxy: self.id, at: Instant::now() });
-        }
+        let types = &self.types;
+        self.sync.acked(kind, self.fleet, self.id, |k| types[k as usize].names.is_empty());
     }
 }
 
@@ -103,19 +92,9 @@ pub async fn session(fleet: &Fleet, id: u32) -> Result<(), SessionError> {
     let channel = connect(fleet).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, synced: false };
+    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, sync: SyncWatch::new() };
     s.request(Kind::Cds, None);
     s.request(Kind::Lds, None);
-    let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
-    fleet.emit(ProxyEvent::Connected { proxy: id });
-    let mut stop = fleet.stop.clone();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            msg = stream.message() => match msg? {
-                Some(r) => s.on_response(r),
-                None => return Err(SessionError::Ended),
-            },
-        }
-    }
+    let stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    pump(fleet, id, stream, |r| s.on_response(r)).await
 }
