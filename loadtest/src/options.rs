@@ -66,7 +66,7 @@ pub struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Plot convergence (distribution and timeline) to this .svg.
+    /// Plot convergence (distribution and timeline) to this .svg or .png.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Give up waiting for the initial sync after this long.
@@ -196,9 +196,9 @@ impl Options {
             ));
         }
         if let Some(p) = &o.plot
-            && p.extension().and_then(|e| e.to_str()) != Some("svg")
+            && !matches!(p.extension().and_then(|e| e.to_str()), Some("svg" | "png"))
         {
-            return Err(OptionsError::Invalid(format!("--plot {}: this build writes .svg plots", p.display())));
+            return Err(OptionsError::Invalid(format!("--plot {}: write a .svg or .png file", p.display())));
         }
         Ok(o)
     }

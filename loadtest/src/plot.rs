@@ -1,5 +1,5 @@
-//! SVG plots of a run: the distribution of proxy convergence latencies, and
-//! each change's p50/p99/max over the run.
+//! Plots of a run (SVG, or PNG): the distribution of proxy convergence
+//! latencies, and each change's p50/p99/max over the run.
 
 use std::path::Path;
 
@@ -15,9 +15,46 @@ pub struct PlotError {
     message: String,
 }
 
+/// Fonts a PNG's text may be drawn with (PNG rasterises text itself; SVG
+/// leaves it to the viewer). Debian's fonts-dejavu-core provides the first.
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let bytes = FONT_PATHS.iter().find_map(|p| std::fs::read(p).ok()).ok_or_else(|| {
+            format!("PNG plots need a TrueType font and none of {FONT_PATHS:?} exists (install fonts-dejavu-core), or plot to .svg")
+        })?;
+        // Registered fonts live for the process: leaking the one copy is the intent.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| "the font file is not a valid TrueType font".to_string())
+    })
+    .clone()
+}
+
+/// Writes the plot to `path`: `.svg` or `.png`.
 pub fn write(path: &Path, report: &Report, all: &Histogram<u64>) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
-    let root = SVGBackend::new(path, (1000, 800)).into_drawing_area();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => {
+            register_font().map_err(|e| err(&e))?;
+            draw(BitMapBackend::new(path, (1000, 800)).into_drawing_area(), report, all).map_err(|e| err(&e))
+        }
+        _ => draw(SVGBackend::new(path, (1000, 800)).into_drawing_area(), report, all).map_err(|e| err(&e)),
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    report: &Report,
+    all: &Histogram<u64>,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(400);
     let title = format!("{} proxies, {}, {}", report.proxies, report.mode, report.scenario);

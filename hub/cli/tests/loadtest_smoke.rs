@@ -37,14 +37,16 @@ fn args(serve: &Serve, token: std::path::PathBuf, mode: Mode, scenario: &str) ->
     }
 }
 
-fn run(mode: Mode, scenario: &str) {
+/// `plot`: the plot file's extension (svg or png).
+fn run(mode: Mode, scenario: &str, plot: &str) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "smoke-token\n").unwrap();
     let serve = Serve::start(&dir.path().join("data"), &["--api-token-file", token.to_str().unwrap()]);
     let mut args = args(&serve, token, mode, scenario);
     args.json = Some(dir.path().join("report.json"));
-    args.plot = Some(dir.path().join("report.svg"));
+    let plot_path = dir.path().join(format!("report.{plot}"));
+    args.plot = Some(plot_path.clone());
     let options = Options::resolve(args).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (report, _) = rt.block_on(keelson_loadtest::run(&options)).unwrap();
@@ -77,18 +79,22 @@ fn run(mode: Mode, scenario: &str) {
     ] {
         assert!(json.get(field).is_some(), "report.json lacks {field}");
     }
-    assert!(std::fs::read_to_string(dir.path().join("report.svg")).unwrap().contains("<svg"));
+    let plot_bytes = std::fs::read(&plot_path).unwrap();
+    match plot {
+        "png" => assert!(plot_bytes.starts_with(b"\x89PNG\r\n\x1a\n") && plot_bytes.len() > 10_000, "a real PNG"),
+        _ => assert!(String::from_utf8_lossy(&plot_bytes).contains("<svg")),
+    }
     serve.sigterm();
 }
 
 #[test]
 fn smoke_200_sotw_proxies_converge_on_eds_churn() {
-    run(Mode::Sotw, "eds-churn");
+    run(Mode::Sotw, "eds-churn", "svg");
 }
 
 #[test]
 fn smoke_200_delta_proxies_converge_on_a_full_change() {
-    run(Mode::Delta, "full-change");
+    run(Mode::Delta, "full-change", "png");
 }
 
 /// Peer mode, pointed at Keelson itself: each change is a POST to a small
