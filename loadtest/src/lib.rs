@@ -27,7 +27,7 @@ use crate::hubcost::Probe;
 use crate::measure::{Target, Tracker};
 use crate::options::Options;
 use crate::proxy::{Fleet, NackPolicy};
-use crate::report::{Percentiles, Report};
+use crate::report::Report;
 use crate::scenario::{Scenario, Step};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,59 @@ async fn apply(o: &Options, steps: &[Step]) -> Result<Vec<(proxy::Kind, u64)>, a
     Ok(seqs)
 }
 
+/// Polls until every proxy has synced or `sync_timeout` passes, with a progress bar.
+async fn wait_for_sync(o: &Options, tracker: &Mutex<Tracker>, start: Instant) {
+    let pb = bar(o.quiet, o.proxies as u64, "sync    [{elapsed_precise}] {wide_bar} {pos}/{len} synced {msg}");
+    let deadline = start + o.sync_timeout;
+    loop {
+        let (synced, connected, errors) = {
+            let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            (t.synced_count, t.connected(), t.errors)
+        };
+        pb.set_position(synced as u64);
+        pb.set_message(format!("({connected} connected, {errors} errors)"));
+        if synced == o.proxies || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pb.finish();
+}
+
+/// Makes a change every interval for the duration, then lets the last ones
+/// converge (at most 5 intervals, at least 10 s).
+async fn change_phase(o: &Options, scenario: &Scenario, tracker: &Mutex<Tracker>) -> Result<(), LoadtestError> {
+    let lock = || tracker.lock().unwrap_or_else(|e| e.into_inner());
+    let pb = bar(o.quiet, o.duration.as_secs().max(1), "changes [{elapsed_precise}] {wide_bar} {pos}/{len}s {msg}");
+    let phase = Instant::now();
+    let mut tick = tokio::time::interval(o.interval);
+    let mut n = 0u64;
+    while phase.elapsed() < o.duration {
+        tick.tick().await;
+        n += 1;
+        let failed = |source| LoadtestError::Change { n, source };
+        match &o.trigger_url {
+            Some(url) => {
+                // Peer mode: the clock starts before the POST that makes the change.
+                lock().change(Target::Differs(o.scenario.kinds().to_vec()), Instant::now());
+                api::request("POST", url, None, "").await.map_err(failed)?;
+            }
+            None => {
+                let seqs = apply(o, &scenario.change(n)).await.map_err(failed)?;
+                lock().change(Target::Seqs(seqs), Instant::now());
+            }
+        }
+        pb.set_position(phase.elapsed().as_secs());
+        pb.set_message(format!("{n} changes, {} converging", lock().pending()));
+    }
+    let drain_end = Instant::now() + (o.interval * 5).max(Duration::from_secs(10));
+    while lock().pending() > 0 && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish();
+    Ok(())
+}
+
 /// Runs the load test described by `o`.
 pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), LoadtestError> {
     raise_fd_limit(o.proxies)?;
@@ -127,7 +180,6 @@ pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), 
             }
         })
     };
-    let mut proxies = tokio::task::JoinSet::new();
     let spawner = {
         let (fleet, n, rate) = (fleet.clone(), o.proxies, o.connect_rate);
         tokio::spawn(async move {
@@ -141,113 +193,36 @@ pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), 
         })
     };
 
-    // Connect and sync.
-    let pb = bar(o.quiet, o.proxies as u64, "sync    [{elapsed_precise}] {wide_bar} {pos}/{len} synced {msg}");
-    let sync_deadline = start + o.sync_timeout;
-    loop {
-        let (synced, connected, errors) = {
-            let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            (t.synced_count, t.connected(), t.errors)
-        };
-        pb.set_position(synced as u64);
-        pb.set_message(format!("({connected} connected, {errors} errors)"));
-        if synced == o.proxies || Instant::now() > sync_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    pb.finish();
-    for h in spawner.await.unwrap_or_default() {
-        proxies.spawn(async move {
-            let _ = h.await;
-        });
-    }
+    wait_for_sync(o, &tracker, start).await;
+    let mut proxies = spawner.await.unwrap_or_default();
     let initial_sync_s = {
         let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
         (t.synced_count == o.proxies).then(|| t.last_synced_at.map_or(0.0, |at| at.duration_since(start).as_secs_f64()))
     };
     let synced = probe.sample().await;
 
-    // Changes.
     let bytes0 = fleet.bytes_received.load(Ordering::Relaxed);
-    let pb = bar(o.quiet, o.duration.as_secs().max(1), "changes [{elapsed_precise}] {wide_bar} {pos}/{len}s {msg}");
-    let phase = Instant::now();
-    let mut tick = tokio::time::interval(o.interval);
-    let mut n = 0u64;
-    while phase.elapsed() < o.duration {
-        tick.tick().await;
-        n += 1;
-        let target = match &o.trigger_url {
-            Some(url) => {
-                let t0 = Instant::now();
-                let target = Target::Differs(o.scenario.kinds().to_vec());
-                tracker.lock().unwrap_or_else(|e| e.into_inner()).change(target, t0);
-                api::request("POST", url, None, "").await.map_err(|source| LoadtestError::Change { n, source })?;
-                continue;
-            }
-            None => {
-                Target::Seqs(apply(o, &scenario.change(n)).await.map_err(|source| LoadtestError::Change { n, source })?)
-            }
-        };
-        tracker.lock().unwrap_or_else(|e| e.into_inner()).change(target, Instant::now());
-        let pending = tracker.lock().unwrap_or_else(|e| e.into_inner()).pending();
-        pb.set_position(phase.elapsed().as_secs());
-        pb.set_message(format!("{n} changes, {pending} converging"));
-    }
-    // Let the last changes converge, within bounds.
-    let drain_end = Instant::now() + (o.interval * 5).max(Duration::from_secs(10));
-    while tracker.lock().unwrap_or_else(|e| e.into_inner()).pending() > 0 && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    pb.finish();
+    // The fleet stops below whether or not the changes went through.
+    let changed = change_phase(o, &scenario, &tracker).await;
     let end = probe.sample().await;
     let bytes = fleet.bytes_received.load(Ordering::Relaxed) - bytes0;
 
     let _ = stop_tx.send(true);
-    let stop_deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(stop_deadline);
-    loop {
-        tokio::select! {
-            next = proxies.join_next() => if next.is_none() { break },
-            _ = &mut stop_deadline => { proxies.abort_all(); break; }
+    let all_stopped = async {
+        for p in &mut proxies {
+            let _ = p.await;
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), all_stopped).await.is_err() {
+        proxies.iter().for_each(tokio::task::JoinHandle::abort);
     }
     drop(fleet);
     let _ = tokio::time::timeout(Duration::from_secs(5), collector).await;
+    changed?;
 
     let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
     t.close_all();
-    let pct = |q: f64| t.all.value_at_quantile(q) as f64 / 1e3;
-    let changes = t.results.len();
-    let report = Report {
-        target: o.target.clone(),
-        proxies: o.proxies,
-        mode: format!("{:?}", o.mode).to_lowercase(),
-        scenario: o.scenario.name().into(),
-        connected: t.connected(),
-        synced: t.synced_count,
-        initial_sync_s,
-        convergence_ms: Percentiles { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: t.all.max() as f64 / 1e3 },
-        changes,
-        missed: t.results.iter().map(|r| r.missed).sum(),
-        acks: t.acks,
-        nacks: t.nacks,
-        errors: t.errors,
-        last_error: t.last_error.clone(),
-        hub_rss_bytes: end.map(|s| s.rss_bytes),
-        hub_rss_per_proxy_bytes: before
-            .zip(synced)
-            .map(|(b, s)| s.rss_bytes.saturating_sub(b.rss_bytes) as f64 / o.proxies as f64),
-        hub_cpu_s: synced.zip(end).map(|(s, e)| e.cpu_s - s.cpu_s),
-        hub_cpu_s_per_change: synced
-            .zip(end)
-            .filter(|_| changes > 0)
-            .map(|(s, e)| (e.cpu_s - s.cpu_s) / changes as f64),
-        hub_sync_cpu_s: before.zip(synced).map(|(b, s)| s.cpu_s - b.cpu_s),
-        bytes_received: bytes,
-        bytes_received_per_change: (changes > 0).then(|| bytes as f64 / changes as f64),
-        per_change: t.results.clone(),
-    };
+    let report = Report::build(o, &t, initial_sync_s, [before, synced, end], bytes);
     let all = t.all.clone();
     drop(t);
     if let Some(path) = &o.json {

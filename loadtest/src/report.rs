@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::measure::ChangeResult;
+use crate::hubcost::Sample;
+use crate::measure::{ChangeResult, Tracker};
+use crate::options::Options;
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Percentiles {
@@ -55,6 +57,47 @@ fn opt(v: Option<f64>, unit: &str, scale: f64) -> String {
 }
 
 impl Report {
+    /// The report of a finished run. `samples`: the hub before the proxies
+    /// connected, after their initial sync, and after the changes.
+    pub fn build(
+        o: &Options,
+        t: &Tracker,
+        initial_sync_s: Option<f64>,
+        samples: [Option<Sample>; 3],
+        bytes: u64,
+    ) -> Report {
+        let [before, synced, end] = samples;
+        let pct = |q: f64| t.all.value_at_quantile(q) as f64 / 1e3;
+        let changes = t.results.len();
+        let change_cpu = synced.zip(end).map(|(s, e)| e.cpu_s - s.cpu_s);
+        Report {
+            target: o.target.clone(),
+            proxies: o.proxies,
+            mode: format!("{:?}", o.mode).to_lowercase(),
+            scenario: o.scenario.name().into(),
+            connected: t.connected(),
+            synced: t.synced_count,
+            initial_sync_s,
+            convergence_ms: Percentiles { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: t.all.max() as f64 / 1e3 },
+            changes,
+            missed: t.results.iter().map(|r| r.missed).sum(),
+            acks: t.acks,
+            nacks: t.nacks,
+            errors: t.errors,
+            last_error: t.last_error.clone(),
+            hub_rss_bytes: end.map(|s| s.rss_bytes),
+            hub_rss_per_proxy_bytes: before
+                .zip(synced)
+                .map(|(b, s)| s.rss_bytes.saturating_sub(b.rss_bytes) as f64 / o.proxies as f64),
+            hub_cpu_s: change_cpu,
+            hub_cpu_s_per_change: change_cpu.filter(|_| changes > 0).map(|c| c / changes as f64),
+            hub_sync_cpu_s: before.zip(synced).map(|(b, s)| s.cpu_s - b.cpu_s),
+            bytes_received: bytes,
+            bytes_received_per_change: (changes > 0).then(|| bytes as f64 / changes as f64),
+            per_change: t.results.clone(),
+        }
+    }
+
     /// True when every proxy connected, synced, and converged on every change, without errors.
     pub fn clean(&self) -> bool {
         self.connected == self.proxies && self.synced == self.proxies && self.missed == 0 && self.errors == 0
