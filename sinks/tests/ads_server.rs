@@ -24,7 +24,12 @@ async fn start(cfg: XdsConfig) -> (String, Config) {
     let (server, _ledger, _nacks) = server(rx, cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(keelson_sinks::xds::serve(listener, server, std::future::pending()));
+    tokio::spawn(keelson_sinks::xds::serve(
+        listener,
+        server,
+        std::future::pending(),
+        keelson_sinks::xds::SHUTDOWN_GRACE,
+    ));
     (format!("http://{addr}"), config)
 }
 
@@ -184,4 +189,46 @@ async fn too_many_requests_on_a_stream_get_resource_exhausted() {
     }
     let status = end.lock().await.take().expect("the stream ended with a status");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// A proxy that stops reading keeps its HTTP/2 stream blocked on flow
+/// control. Shutdown must still finish: the stream is ended and its
+/// connection closed (and past the grace period the server would drop it).
+#[tokio::test]
+async fn shutdown_does_not_wait_forever_for_a_proxy_that_stopped_reading() {
+    let (mut config, rx) = Config::new();
+    // A CDS response far larger than HTTP/2's initial 64 KiB window.
+    for i in 0..3000 {
+        config.upsert(cluster(&format!("cluster-with-a-long-name-to-fill-the-window-{i:05}")));
+    }
+    config.publish();
+    let (server, ledger, _nacks) = server(rx, XdsConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let grace = std::time::Duration::from_millis(500);
+    let serving = tokio::spawn(keelson_sinks::xds::serve(
+        listener,
+        server,
+        async {
+            let _ = stopped.await;
+        },
+        grace,
+    ));
+
+    let mut client = AggregatedDiscoveryServiceClient::new(channel(&url).await);
+    let requests = tokio_stream::iter([cds_request("stuck")]).chain(tokio_stream::pending());
+    let _unread = client.stream_aggregated_resources(requests).await.unwrap();
+    // The response is on its way (the ledger records the send) and stuck.
+    let end = std::time::Instant::now() + WAIT;
+    let sent = || ledger.records().first().is_some_and(|r| r.types.get(CDS).is_some_and(|t| t.sent_nonce.is_some()));
+    while !sent() {
+        assert!(std::time::Instant::now() < end, "the CDS response was never sent");
+        tokio::task::yield_now().await;
+    }
+    let began = std::time::Instant::now();
+    stop.send(()).unwrap();
+    let served = tokio::time::timeout(grace + WAIT, serving).await.expect("serve returned despite the stuck proxy");
+    assert!(served.unwrap().is_ok());
+    assert!(began.elapsed() < grace + WAIT);
 }

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::config::{ServeConfig, SourceSpec};
+use keelson_sinks::xds::SHUTDOWN_GRACE;
 
 pub fn run(cfg: ServeConfig) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
@@ -78,7 +79,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     xds_metrics.register(&mut registry);
     let (ads, mut nacks) =
         keelson_sinks::xds::AdsServer::new(&cfg.xds, handle.snapshots(), ledger.clone(), xds_metrics);
-    let nack_log = {
+    let mut nack_log = {
         let handle = handle.clone();
         tokio::spawn(async move {
             let origin = SourceId::new(SourceKind::Hub, "xds");
@@ -107,9 +108,10 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
         let _ = admin_stop.wait_for(|stop| *stop).await;
     }));
     let mut grpc_stop = stop_rx.clone();
-    let grpc = tokio::spawn(keelson_sinks::xds::serve(grpc_listener, ads, async move {
+    let stopping = async move {
         let _ = grpc_stop.wait_for(|stop| *stop).await;
-    }));
+    };
+    let grpc = tokio::spawn(keelson_sinks::xds::serve(grpc_listener, ads, stopping, SHUTDOWN_GRACE));
     let source_tasks: Vec<_> =
         sources.into_iter().map(|s| tokio::spawn(s.run(handle.clone(), stop_rx.clone()))).collect();
     tracing::info!(admin = %admin_addr, grpc = %grpc_addr, data_dir = %cfg.data_dir.display(), "serving");
@@ -134,9 +136,13 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     for t in source_tasks {
         let _ = t.await;
     }
-    // Streams end when the server stops; the NACK queue then drains.
+    // Streams end when the server stops (within its grace); the NACK queue
+    // then drains, also bounded.
     grpc.await.context("gRPC server task")?.context("gRPC server")?;
-    let _ = nack_log.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut nack_log).await.is_err() {
+        tracing::warn!("NACKs still queued {SHUTDOWN_GRACE:?} after shutdown were not logged");
+        nack_log.abort();
+    }
     hub.stop().await.context("stopping the hub")?;
     admin.await.context("admin server task")?.context("admin server")?;
     tracing::info!("stopped; log flushed");

@@ -151,13 +151,22 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
+/// How long a shutdown waits for connections to close by themselves.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves ADS, health and reflection on `listener` until `shutdown`.
+///
+/// On shutdown every stream ends with UNAVAILABLE and connections get
+/// `grace` to close. A proxy that stopped reading can keep its connection
+/// open forever; after `grace` the remaining connections are dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ads: AdsServer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
 ) -> Result<(), tonic::transport::Error> {
     let shared = ads.shared.clone();
+    let mut closing = shared.closing.subscribe();
     let shutdown = async move {
         shutdown.await;
         // End every open stream (UNAVAILABLE: clients reconnect elsewhere),
@@ -171,13 +180,22 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor sets built at compile time are valid");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(accept_loop(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(accept_loop(listener), shutdown);
+    tokio::select! {
+        served = server => served,
+        _ = async {
+            let _ = closing.wait_for(|c| *c).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("xDS connections still open {grace:?} after shutdown began; dropping them");
+            Ok(())
+        }
+    }
 }
 
 /// Accepted connections. An accept error (EMFILE when the file limit is
