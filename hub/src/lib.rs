@@ -23,7 +23,7 @@ pub mod store;
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
 pub use ledger::{AckLedger, ProxyRecord, SyncStatus};
 pub use runtime::{Hub, HubConfig, HubHandle, Outcome, SourceHealth};
-pub use snapshot::Snapshot;
+pub use snapshot::{ChangeSet, Snapshot};
 pub use state::{Applied, ResourceEntry, Serving, State};
 pub use store::{EventStore, LogEntry, Rebuilt};
 

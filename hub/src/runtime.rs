@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::HubError;
 use crate::event::{Event, Op, ResourceKey, SourceId};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ChangeSet, Snapshot};
 use crate::state::{Applied, State};
 use crate::store::EventStore;
 
@@ -189,6 +189,7 @@ impl Hub {
         let mut ingest = Ingest {
             base_version: rebuilt.state.version,
             kind_versions: BTreeMap::new(),
+            changed_keys: BTreeSet::new(),
             checkpointed: rebuilt.from_checkpoint,
             state: rebuilt.state,
             ready: warm || cfg.sources.is_empty(),
@@ -238,6 +239,8 @@ struct Ingest {
     /// `base_version` (the state version at start), which is just as exact.
     kind_versions: BTreeMap<(String, String), u64>,
     base_version: u64,
+    /// Keys changed since the last publish (the next snapshot's change set).
+    changed_keys: BTreeSet<ResourceKey>,
     checkpointed: u64,
     checkpointing: Option<tokio::task::JoinHandle<()>>,
 }
@@ -298,11 +301,11 @@ impl Ingest {
             return;
         }
         let started = std::time::Instant::now();
-        let snapshot = Arc::new(Snapshot::with_kind_versions(
-            &self.state,
-            Arc::new(self.kind_versions.clone()),
-            self.base_version,
-        ));
+        let changes = ChangeSet { since: self.published, keys: std::mem::take(&mut self.changed_keys) };
+        let snapshot = Arc::new(
+            Snapshot::with_kind_versions(&self.state, Arc::new(self.kind_versions.clone()), self.base_version)
+                .with_changes(changes),
+        );
         let m = &self.shared.metrics;
         m.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
         m.snapshot_builds.inc();
@@ -376,11 +379,13 @@ impl Ingest {
                 _ => None,
             };
             let kind = op.key().map(|k| (k.group.clone(), k.kind.clone()));
+            let changed_key = op.key().cloned();
             let ev = Event { seq: range.first + i as u64, at, origin: origin.clone(), op };
             let seq = ev.seq;
             if self.state.apply(ev) != Applied::Unchanged {
                 if let Some(kind) = kind {
                     self.kind_versions.insert(kind, seq);
+                    self.changed_keys.extend(changed_key);
                 }
                 outcome.changed += 1;
                 touched.extend(upserted);

@@ -24,6 +24,17 @@ pub struct Snapshot {
     /// seq, restricted to the kind, is exactly what a response of it holds.
     pub kind_versions: Arc<BTreeMap<(String, String), u64>>,
     pub base_version: u64,
+    /// What changed since the previous published snapshot, so a sink that
+    /// saw that one can diff only these keys instead of whole kinds.
+    pub changes: Arc<ChangeSet>,
+}
+
+/// Keys created, updated or deleted between two published snapshots.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeSet {
+    /// Version of the previous published snapshot; `None` for the first.
+    pub since: Option<u64>,
+    pub keys: std::collections::BTreeSet<ResourceKey>,
 }
 
 impl Snapshot {
@@ -45,7 +56,14 @@ impl Snapshot {
             built_at: SystemTime::now(),
             kind_versions,
             base_version,
+            changes: Arc::default(),
         }
+    }
+
+    /// The same snapshot, saying what changed since the previous one.
+    pub fn with_changes(mut self, changes: ChangeSet) -> Self {
+        self.changes = Arc::new(changes);
+        self
     }
 
     /// The version of one kind: the last seq that changed it.

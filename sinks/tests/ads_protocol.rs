@@ -454,3 +454,49 @@ async fn delta_removals_wait_until_every_upsert_is_out() {
     let a = || vec!["a".to_string()];
     assert_eq!(seen, [("CDS", b(), vec![]), ("RDS", r(), vec![]), ("CDS", vec![], a())]);
 }
+
+#[tokio::test]
+async fn delta_wildcard_diffs_change_sets_and_recovers_from_skipped_snapshots() {
+    let (mut cfg, rx) = quickstart_rx();
+    cfg.upsert(cluster("b"));
+    cfg.publish();
+    let (server, _, _) = server(rx, XdsConfig::default());
+    let mut d = Delta::open(&server);
+    d.subscribe(CDS, &["*"], "");
+    let r = d.recv().await;
+    d.subscribe(CDS, &[], &r.nonce);
+    // One snapshot at a time: each response is that change set.
+    cfg.upsert(cluster("c"));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["c"]);
+    d.subscribe(CDS, &[], &r.nonce);
+    // A label moves b out of this proxy's group: a removal, from the change set.
+    cfg.upsert(with_meta(cluster("b"), "labels", "keelson.dev/proxy-group", "other"));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!(r.removed_resources, ["b"]);
+    d.subscribe(CDS, &[], &r.nonce);
+    let metrics = &server.shared().metrics;
+    assert_eq!(metrics.delta_change_set_diffs.get(), 2, "the two single-snapshot steps used their change sets");
+    assert_eq!(metrics.delta_full_diffs.get(), 1, "only the first answer diffed the whole kind");
+    // Three snapshots in a row while the stream is busy elsewhere: it may see
+    // only the last, whose change set starts after one it never saw, and the
+    // full diff it falls back to must still be exact.
+    cfg.upsert(cluster("d"));
+    cfg.publish();
+    cfg.delete("Cluster", "c");
+    cfg.publish();
+    cfg.upsert(cluster("b")); // back in every group
+    cfg.publish();
+    let mut upserts = std::collections::BTreeSet::new();
+    let mut removed = std::collections::BTreeSet::new();
+    while !(upserts.contains("d") && upserts.contains("b") && removed.contains("c")) {
+        let r = d.recv().await;
+        upserts.extend(r.resources.iter().map(|x| x.name.clone()));
+        removed.extend(r.removed_resources.iter().cloned());
+        d.subscribe(CDS, &[], &r.nonce);
+    }
+    assert!(!upserts.contains("a"), "a never changed: {upserts:?}");
+    d.silent(QUIET).await;
+}

@@ -27,6 +27,10 @@ struct TypeState {
     force: BTreeSet<String>,
     /// Removals held back until this round's upserts are out.
     removals: Vec<Arc<str>>,
+    /// For a wildcard subscription: the snapshot version `known` matches the
+    /// whole kind at. When the next snapshot's change set starts there, only
+    /// its keys are diffed, not the whole kind.
+    synced_to: Option<u64>,
     /// (nonce, kind version, publish time) of the last response.
     last: Option<(u64, u64, SystemTime)>,
     pending: bool,
@@ -53,7 +57,7 @@ impl DeltaMachine {
     }
 
     /// The upserts and removals that bring the client to `snap` for a type.
-    fn diff(&mut self, url: &str, snap: &Arc<Snapshot>) -> (DeltaResponse, Vec<Arc<str>>, u64) {
+    fn diff(&mut self, shared: &Shared, url: &str, snap: &Arc<Snapshot>) -> (DeltaResponse, Vec<Arc<str>>, u64) {
         let group = self.session.group().map(str::to_string);
         let t = self.types.get_mut(url).expect("type present");
         let mut response = DeltaResponse { type_url: t.type_url.clone(), ..DeltaResponse::default() };
@@ -66,6 +70,35 @@ impl DeltaMachine {
         };
         let version = snap.kind_version(served.group, served.kind);
         response.system_version_info = version.to_string();
+        if t.wildcard {
+            let incremental = t.force.is_empty() && t.synced_to.is_some() && t.synced_to == snap.changes.since;
+            t.synced_to = Some(snap.version);
+            if !incremental {
+                shared.metrics.delta_full_diffs.inc();
+            } else {
+                shared.metrics.delta_change_set_diffs.inc();
+                // Only the keys that changed: O(changes), not O(resources).
+                let changed = snap.changes.keys.iter().filter(|k| k.group == served.group && k.kind == served.kind);
+                for key in changed {
+                    let name = key.name.as_str();
+                    let current =
+                        snap.resources.get(key).filter(|e| e.encoded.is_some() && e.serving.serves(group.as_deref()));
+                    match current {
+                        Some(entry) if t.known.get(name) != Some(&entry.version) => {
+                            t.known.insert(name.to_string(), entry.version);
+                            response.resources.push(item(name, entry));
+                        }
+                        Some(_) => {}
+                        None => {
+                            if t.known.remove(name).is_some() {
+                                removed.push(Arc::from(name));
+                            }
+                        }
+                    }
+                }
+                return (response, removed, version);
+            }
+        }
         let mut present = BTreeSet::new();
         let current = select(snap, served, group.as_deref(), (!t.wildcard).then_some(&t.names));
         for (name, entry) in current {
@@ -139,6 +172,7 @@ impl Machine for DeltaMachine {
                     known,
                     force: BTreeSet::new(),
                     removals: Vec::new(),
+                    synced_to: None,
                     last: None,
                     pending: true,
                 },
@@ -190,10 +224,15 @@ impl Machine for DeltaMachine {
 
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
         for t in self.types.values_mut() {
-            if let (Some(served), Some((_, version, _))) = (t.served, t.last)
-                && snap.kind_version(served.group, served.kind) != version
-            {
-                t.pending = true;
+            let Some(served) = t.served else { continue };
+            match t.last {
+                Some((_, version, _)) if snap.kind_version(served.group, served.kind) != version => t.pending = true,
+                // Nothing of this kind changed: what the client holds still
+                // matches the whole kind at this snapshot.
+                _ if !t.pending && t.synced_to.is_some() && t.synced_to == snap.changes.since => {
+                    t.synced_to = Some(snap.version);
+                }
+                _ => {}
             }
         }
     }
@@ -210,7 +249,7 @@ impl Machine for DeltaMachine {
         {
             let first = self.types[&*url].last.is_none();
             self.types.get_mut(&*url).expect("picked").pending = false;
-            let (mut response, removed, version) = self.diff(&url, snap);
+            let (mut response, removed, version) = self.diff(shared, &url, snap);
             if first {
                 // Answer the first request at once, even if empty; nothing
                 // was held yet, so its removals cannot break anything.

@@ -41,6 +41,10 @@ pub struct XdsMetrics {
     pub rejected: Family<RejectLabel, Counter>,
     pub stale_requests: Counter,
     pub nacks_dropped: Counter,
+    /// Delta wildcard diffs from a snapshot's change set (cheap) and over
+    /// the whole kind (after a stream missed a snapshot, or first time).
+    pub delta_change_set_diffs: Counter,
+    pub delta_full_diffs: Counter,
 }
 
 impl Default for XdsMetrics {
@@ -55,6 +59,8 @@ impl Default for XdsMetrics {
             rejected: Family::default(),
             stale_requests: Counter::default(),
             nacks_dropped: Counter::default(),
+            delta_change_set_diffs: Counter::default(),
+            delta_full_diffs: Counter::default(),
         }
     }
 }

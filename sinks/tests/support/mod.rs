@@ -33,13 +33,24 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct Config {
     state: State,
     kind_versions: BTreeMap<(String, String), u64>,
+    /// Keys changed since the last publish, and that publish's version: the
+    /// change set the hub attaches to each snapshot.
+    changed: std::collections::BTreeSet<ResourceKey>,
+    published: Option<u64>,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
 impl Config {
     pub fn new() -> (Config, watch::Receiver<Option<Arc<Snapshot>>>) {
         let (tx, rx) = watch::channel(None);
-        (Config { state: State::default(), kind_versions: BTreeMap::new(), tx }, rx)
+        let cfg = Config {
+            state: State::default(),
+            kind_versions: BTreeMap::new(),
+            changed: Default::default(),
+            published: None,
+            tx,
+        };
+        (cfg, rx)
     }
 
     fn apply(&mut self, op: Op) {
@@ -53,7 +64,8 @@ impl Config {
         let seq = ev.seq;
         if self.state.apply(ev) != keelson_hub::Applied::Unchanged {
             let key = key.expect("resource op");
-            self.kind_versions.insert((key.group, key.kind), seq);
+            self.kind_versions.insert((key.group.clone(), key.kind.clone()), seq);
+            self.changed.insert(key);
         }
     }
 
@@ -76,7 +88,11 @@ impl Config {
     }
 
     pub fn publish(&mut self) -> Arc<Snapshot> {
-        let snap = Arc::new(Snapshot::with_kind_versions(&self.state, Arc::new(self.kind_versions.clone()), 0));
+        let changes = keelson_hub::ChangeSet { since: self.published, keys: std::mem::take(&mut self.changed) };
+        self.published = Some(self.state.version);
+        let snap = Arc::new(
+            Snapshot::with_kind_versions(&self.state, Arc::new(self.kind_versions.clone()), 0).with_changes(changes),
+        );
         self.tx.send_replace(Some(snap.clone()));
         snap
     }
