@@ -29,7 +29,6 @@ pub enum SyncStatus {
 /// Bookkeeping for one type URL on one proxy.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TypeRecord {
-    pub type_url: String,
     /// Short name for tables (CDS, LDS…, or the kind for other types).
     pub short: String,
     // Versions (log seqs) and nonces are numbers here, strings on the wire
@@ -96,12 +95,14 @@ impl ProxyRecord {
         }
     }
 
+    /// The record of a type, created on first use. Called on every send and
+    /// ACK, so the common case looks up without allocating a key.
     fn type_mut(&mut self, type_url: &str, short: &str) -> &mut TypeRecord {
-        self.types.entry(type_url.to_string()).or_insert_with(|| TypeRecord {
-            type_url: type_url.to_string(),
-            short: short.to_string(),
-            ..TypeRecord::default()
-        })
+        if !self.types.contains_key(type_url) {
+            let record = TypeRecord { short: short.to_string(), ..TypeRecord::default() };
+            self.types.insert(type_url.to_string(), record);
+        }
+        self.types.get_mut(type_url).expect("inserted above")
     }
 
     /// The proxy subscribed to a type.

@@ -391,6 +391,9 @@ async fn unknown_types_are_answered_empty() {
     let r = s.recv().await;
     assert!(r.resources.is_empty());
     assert_eq!(r.type_url, "type.googleapis.com/envoy.service.runtime.v3.Runtime");
+    // Counted under "other": client-chosen type URLs never become label values.
+    let other = keelson_sinks::xds::metrics::TypeLabel { r#type: "other" };
+    assert_eq!(server.shared().metrics.pushes.get_or_create(&other).get(), 1);
 }
 
 #[tokio::test]

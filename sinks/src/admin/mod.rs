@@ -93,9 +93,10 @@ pub fn syncz_json(version: u64, ledger: &AckLedger) -> Value {
         .map(|r| {
             let types: Vec<Value> = r
                 .types
-                .values()
-                .map(|t| {
+                .iter()
+                .map(|(type_url, t)| {
                     let mut v = serde_json::to_value(t).unwrap_or_default();
+                    v["type_url"] = Value::String(type_url.clone());
                     v["status"] = serde_json::to_value(t.status()).unwrap_or_default();
                     v
                 })

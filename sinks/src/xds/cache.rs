@@ -77,7 +77,7 @@ impl ResponseCache {
         cell.get_or_init(|| {
             let body = build();
             self.stats.bodies.fetch_add(1, Ordering::Relaxed);
-            self.stats.items.fetch_add(body.resources as u64, Ordering::Relaxed);
+            self.stats.items.fetch_add(body.names.len() as u64, Ordering::Relaxed);
             self.stats.bytes.fetch_add(body.bytes.len() as u64, Ordering::Relaxed);
             Arc::new(body)
         })
@@ -200,11 +200,5 @@ pub fn build_sotw(
     put_str(4, &key.type_url, &mut buf);
     let mut names: Vec<Box<str>> = items.iter().chain(extra).map(|(n, _)| Box::from(*n)).collect();
     names.sort_unstable();
-    SotwBody {
-        names,
-        bytes: Bytes::from(buf),
-        version: key.version,
-        fingerprint: fp.digest128(),
-        resources: items.len() + extra.len(),
-    }
+    SotwBody { names, bytes: Bytes::from(buf), version: key.version, fingerprint: fp.digest128() }
 }

@@ -185,7 +185,7 @@ impl Machine for DeltaMachine {
         if let Some((nonce, version, published)) = t.last
             && !req.response_nonce.is_empty()
         {
-            if req.response_nonce == nonce.to_string() {
+            if req.response_nonce.parse() == Ok(nonce) {
                 match &req.error_detail {
                     Some(err) => self.session.nacked(shared, &req.type_url, version, nonce, &err.message),
                     None => self.session.acked(shared, &req.type_url, version, nonce, published),

@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
-    pub r#type: String,
+    /// CDS, EDS…, or "other": never a client-chosen string, so a client
+    /// sending made-up type URLs cannot grow the series without bound.
+    pub r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,8 +67,9 @@ impl Default for XdsMetrics {
     }
 }
 
-fn label(short: &str) -> TypeLabel {
-    TypeLabel { r#type: short.to_string() }
+/// The label of a type URL; built per push and ACK, so it allocates nothing.
+fn label(type_url: &str) -> TypeLabel {
+    TypeLabel { r#type: super::types::lookup(type_url).map_or("other", |t| t.short) }
 }
 
 impl XdsMetrics {
@@ -90,19 +93,19 @@ impl XdsMetrics {
         );
     }
 
-    pub fn sent(&self, short: &str, bytes: usize) {
-        self.pushes.get_or_create(&label(short)).inc();
+    pub fn sent(&self, type_url: &str, bytes: usize) {
+        self.pushes.get_or_create(&label(type_url)).inc();
         self.bytes_sent.inc_by(bytes as u64);
     }
 
-    pub fn acked(&self, short: &str, published: SystemTime) {
-        self.acks.get_or_create(&label(short)).inc();
+    pub fn acked(&self, type_url: &str, published: SystemTime) {
+        self.acks.get_or_create(&label(type_url)).inc();
         let secs = SystemTime::now().duration_since(published).unwrap_or_default().as_secs_f64();
-        self.convergence.get_or_create(&label(short)).observe(secs);
+        self.convergence.get_or_create(&label(type_url)).observe(secs);
     }
 
-    pub fn nacked(&self, short: &str) {
-        self.nacks.get_or_create(&label(short)).inc();
+    pub fn nacked(&self, type_url: &str) {
+        self.nacks.get_or_create(&label(type_url)).inc();
     }
 
     pub fn reject(&self, reason: &str) {

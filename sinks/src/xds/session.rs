@@ -150,7 +150,7 @@ impl Session {
 
     pub fn sent(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, bytes: usize) {
         let short = short_name(type_url);
-        shared.metrics.sent(short, bytes);
+        shared.metrics.sent(type_url, bytes);
         if let Some(l) = &self.ledger {
             l.lock().sent(type_url, short, version, nonce);
         }
@@ -160,7 +160,7 @@ impl Session {
     /// it came from was published (convergence time runs from there).
     pub fn acked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, published: SystemTime) {
         let short = short_name(type_url);
-        shared.metrics.acked(short, published);
+        shared.metrics.acked(type_url, published);
         if let Some(l) = &self.ledger {
             l.lock().acked(type_url, short, version, nonce);
         }
@@ -168,7 +168,7 @@ impl Session {
 
     pub fn nacked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, error: &str) {
         let short = short_name(type_url);
-        shared.metrics.nacked(short);
+        shared.metrics.nacked(type_url);
         let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
         tracing::warn!(%node, type_url, version, "NACK: {error}");
         if let Some(l) = &self.ledger {

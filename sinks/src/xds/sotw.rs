@@ -182,7 +182,7 @@ impl Machine for SotwMachine {
         if !is_new && let Some(last) = &t.last {
             // Only an answer to the latest response counts; an older
             // nonce is a request overtaken by a response (PROTOCOL.md §1).
-            if req.response_nonce != last.nonce.to_string() {
+            if req.response_nonce.parse() != Ok(last.nonce) {
                 shared.metrics.stale_requests.inc();
                 return Ok(());
             }

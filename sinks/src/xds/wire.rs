@@ -32,8 +32,7 @@ pub struct SotwBody {
     /// Hash of the (name, resource version) pairs it holds: two bodies with
     /// equal fingerprints carry the same config.
     pub fingerprint: u128,
-    pub resources: usize,
-    /// Names of the items, sorted.
+    /// Names of the items, sorted (their count is the item count).
     pub names: Vec<Box<str>>,
 }
 
@@ -101,24 +100,38 @@ impl Outbound {
     }
 }
 
+/// A u64 as decimal ASCII (nonces, Delta resource versions), written
+/// without allocating: these go out per stream.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return Decimal { digits, start };
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
 fn nonce_len(nonce: u64) -> usize {
-    let digits = nonce.checked_ilog10().unwrap_or(0) as usize + 1;
-    1 + encoded_len_varint(digits as u64) + digits
+    len_field(5, Decimal::new(nonce).as_bytes().len())
 }
 
 fn put_nonce(nonce: u64, tag: u32, buf: &mut impl BufMut) {
-    let mut digits = [0u8; 20];
-    let mut n = nonce;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    put_bytes(tag, &digits[i..], buf);
+    put_bytes(tag, Decimal::new(nonce).as_bytes(), buf);
 }
 
 fn len_field(tag: u32, len: usize) -> usize {
@@ -168,24 +181,19 @@ fn put_duration(tag: u32, d: Duration, buf: &mut impl BufMut) {
 
 /// `envoy.service.discovery.v3.Resource{version=1, resource=2, name=3, ttl=6}`.
 pub fn resource_len(item: &DeltaItem) -> usize {
-    let version = version_digits(item.version);
-    len_field(1, version.len())
+    len_field(1, Decimal::new(item.version).as_bytes().len())
         + len_field(2, item.any.len())
         + str_len(3, &item.name)
         + item.ttl.map_or(0, |d| len_field(6, duration_len(d)))
 }
 
 pub fn put_resource(item: &DeltaItem, buf: &mut impl BufMut) {
-    put_bytes(1, version_digits(item.version).as_bytes(), buf);
+    put_bytes(1, Decimal::new(item.version).as_bytes(), buf);
     put_bytes(2, &item.any, buf);
     put_str(3, &item.name, buf);
     if let Some(ttl) = item.ttl {
         put_duration(6, ttl, buf);
     }
-}
-
-fn version_digits(v: u64) -> String {
-    v.to_string()
 }
 
 fn delta_len(r: &DeltaResponse) -> usize {
