@@ -1,5 +1,7 @@
 //! The kinds of object Keelson accepts, and what each needs.
 
+use crate::names::NameRule;
+
 /// How an object of a kind is checked and encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
@@ -19,6 +21,8 @@ pub struct KindInfo {
     /// Cluster-scoped kinds (raw Envoy resources) have an empty namespace.
     pub namespaced: bool,
     pub encoding: Encoding,
+    /// The rule `metadata.name` follows (crate::names).
+    pub name_rule: NameRule,
 }
 
 impl KindInfo {
@@ -34,11 +38,23 @@ impl KindInfo {
 pub const ENVOY_GROUP: &str = "xds.keelson.dev";
 
 const fn envoy(kind: &'static str, message: &'static str, name_field: &'static str) -> KindInfo {
-    KindInfo { group: ENVOY_GROUP, kind, namespaced: false, encoding: Encoding::Envoy { message, name_field } }
+    KindInfo {
+        group: ENVOY_GROUP,
+        kind,
+        namespaced: false,
+        encoding: Encoding::Envoy { message, name_field },
+        name_rule: NameRule::EnvoyPrintable,
+    }
 }
 
 const fn istio(group: &'static str, kind: &'static str, required: &'static [&'static str]) -> KindInfo {
-    KindInfo { group, kind, namespaced: true, encoding: Encoding::Istio { required } }
+    KindInfo {
+        group,
+        kind,
+        namespaced: true,
+        encoding: Encoding::Istio { required },
+        name_rule: NameRule::Dns1123Subdomain,
+    }
 }
 
 /// Every kind Keelson knows. Required Istio fields follow what istiod's own
@@ -63,12 +79,20 @@ pub const KINDS: &[KindInfo] = &[
     istio("security.istio.io", "RequestAuthentication", &[]),
     istio("telemetry.istio.io", "Telemetry", &[]),
     istio("extensions.istio.io", "WasmPlugin", &["url"]),
-    KindInfo { group: "", kind: "Service", namespaced: true, encoding: Encoding::Kubernetes { required: &["spec"] } },
+    // kube-apiserver validates Service names as DNS-1035 labels (ValidateServiceName).
+    KindInfo {
+        group: "",
+        kind: "Service",
+        namespaced: true,
+        encoding: Encoding::Kubernetes { required: &["spec"] },
+        name_rule: NameRule::Dns1035Label,
+    },
     KindInfo {
         group: "discovery.k8s.io",
         kind: "EndpointSlice",
         namespaced: true,
         encoding: Encoding::Kubernetes { required: &["addressType", "endpoints"] },
+        name_rule: NameRule::Dns1123Subdomain,
     },
 ];
 

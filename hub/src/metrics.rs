@@ -21,6 +21,7 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     pub validation_errors: Family<SourceLabel, Counter>,
     pub source_up: Family<SourceLabel, Gauge>,
+    pub deletions_held: Family<SourceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -32,6 +33,7 @@ impl Default for Metrics {
             snapshot_version: Gauge::default(),
             validation_errors: Family::default(),
             source_up: Family::default(),
+            deletions_held: Family::default(),
         }
     }
 }
@@ -45,6 +47,11 @@ impl Metrics {
         r.register("snapshot_version", "Version of the published snapshot", self.snapshot_version.clone());
         r.register("validation_errors", "Objects rejected by validation, by source", self.validation_errors.clone());
         r.register("source_up", "1 when the source is healthy, by source", self.source_up.clone());
+        r.register(
+            "deletions_held",
+            "Deletions held by the mass-deletion guard until confirmed, by source",
+            self.deletions_held.clone(),
+        );
     }
 
     pub fn source(name: &str) -> SourceLabel {

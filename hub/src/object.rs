@@ -10,6 +10,28 @@ use serde_json::{Map, Value};
 use crate::envoy;
 use crate::event::{Body, ResourceKey};
 use crate::kinds::{self, Encoding, KindInfo};
+use crate::names;
+
+/// Limits every object is held to, whichever source it came from
+/// (`[limits]` in keelson.toml).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded object: the protobuf `Any` of an Envoy kind, the
+    /// canonical JSON body of any other kind. The default, 1 MiB, keeps one
+    /// object far inside the 4 MiB a proxyless gRPC client accepts per
+    /// message by default, so no single object can break a stream.
+    pub max_resource_bytes: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_RESOURCE_BYTES: usize = 1 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_resource_bytes: Self::DEFAULT_MAX_RESOURCE_BYTES }
+    }
+}
 
 /// An object that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,9 +44,14 @@ pub struct ValidObject {
 /// uid, managedFields, timestamps…) changes without the config changing.
 const KEPT_METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
 
+/// [`parse_object_within`] the default [`Limits`].
+pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
+    parse_object_within(value, &Limits::default())
+}
+
 /// Validates one object and returns its key and canonical body. The error
 /// says what is wrong in terms of the object's own fields.
-pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
+pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject, String> {
     let obj = value.as_object().ok_or("a config object must be a mapping")?;
     let api_version = str_field(obj, "apiVersion")?;
     let kind = str_field(obj, "kind")?;
@@ -48,8 +75,16 @@ pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
         }
         (false, _) => String::new(),
     };
+    if info.namespaced {
+        names::check_namespace(&namespace)?;
+    }
+    let mut encoded_len = None;
     let name = match info.encoding {
-        Encoding::Envoy { message, name_field } => check_envoy(obj, message, name_field, meta_name)?,
+        Encoding::Envoy { message, name_field } => {
+            let (name, len) = check_envoy(obj, message, name_field, meta_name)?;
+            encoded_len = Some(len);
+            name
+        }
         Encoding::Istio { required } => {
             let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
             require(spec, required, "spec.")?;
@@ -63,6 +98,7 @@ pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
     if name.is_empty() {
         return Err("metadata.name is required".into());
     }
+    names::check_name(info.name_rule, &name)?;
     check_serving_metadata(&meta)?;
     let mut canonical = obj.clone();
     let mut kept: Map<String, Value> = meta.into_iter().filter(|(k, _)| KEPT_METADATA.contains(&k.as_str())).collect();
@@ -73,7 +109,29 @@ pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
     canonical.insert("metadata".into(), Value::Object(kept));
     canonical.remove("status");
     let key = ResourceKey::new(info.group, info.kind, &namespace, &name);
-    Ok(ValidObject { key, body: Body::from_value(&Value::Object(canonical)) })
+    let body = Body::from_value(&Value::Object(canonical));
+    let size = encoded_len.unwrap_or(body.json().len());
+    if size > limits.max_resource_bytes {
+        let form = if encoded_len.is_some() { "encoded" } else { "canonical JSON" };
+        return Err(format!(
+            "the object is {size} bytes ({form}), above [limits] max_resource_bytes = {}",
+            limits.max_resource_bytes
+        ));
+    }
+    Ok(ValidObject { key, body })
+}
+
+/// Checks a key against the same rules [`parse_object`] applies, for
+/// ops that reach the hub from a source without passing through it.
+pub fn check_key(key: &ResourceKey) -> Result<(), String> {
+    let info = kinds::lookup(&key.group, &key.kind)
+        .ok_or_else(|| format!("unknown kind {}/{}", names::escaped(&key.group), names::escaped(&key.kind)))?;
+    if info.namespaced {
+        names::check_namespace(&key.namespace)?;
+    } else if !key.namespace.is_empty() {
+        return Err(format!("{} is cluster-scoped: its namespace must be empty", info.kind));
+    }
+    names::check_name(info.name_rule, &key.name)
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
@@ -99,7 +157,12 @@ fn require(obj: &Map<String, Value>, fields: &[&str], prefix: &str) -> Result<()
 /// Transcodes the spec (so a bad field is caught now, not by every Envoy) and
 /// settles the resource name: from the spec, or from metadata.name when the
 /// spec leaves it out; both given must agree.
-fn check_envoy(obj: &Map<String, Value>, message: &str, name_field: &str, meta_name: &str) -> Result<String, String> {
+fn check_envoy(
+    obj: &Map<String, Value>,
+    message: &str,
+    name_field: &str,
+    meta_name: &str,
+) -> Result<(String, usize), String> {
     let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
     let spec_name = spec.get(name_field).and_then(Value::as_str).unwrap_or_default();
     let name = match (meta_name, spec_name) {
@@ -107,12 +170,17 @@ fn check_envoy(obj: &Map<String, Value>, message: &str, name_field: &str, meta_n
         (m, "") => m,
         ("", s) => s,
         (m, s) if m == s => s,
-        (m, s) => return Err(format!("metadata.name {m:?} and spec.{name_field} {s:?} differ")),
+        (m, s) => {
+            let (m, s) = (names::shown_name(m), names::shown_name(s));
+            return Err(format!("metadata.name {m} and spec.{name_field} {s} differ"));
+        }
     };
     let mut spec = spec.clone();
     spec.insert(name_field.to_string(), Value::String(name.to_string()));
-    envoy::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
-    Ok(name.to_string())
+    let encoded = envoy::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
+    // The Any adds the type URL and two short headers to the message.
+    let any_len = encoded.len() + message.len() + 32;
+    Ok((name.to_string(), any_len))
 }
 
 /// The label and annotation the xDS sink reads must make sense now, not
@@ -229,5 +297,56 @@ mod tests {
             let err = parse_object(&v).unwrap_err();
             assert!(err.contains(want), "{v}: {err:?} lacks {want:?}");
         }
+    }
+
+    fn vs(namespace: &str, name: &str) -> Value {
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": name, "namespace": namespace }, "spec": { "hosts": ["r"] } })
+    }
+
+    #[test]
+    fn keys_split_one_way_only() {
+        // namespace "a/b" + name "c" and namespace "a" + name "b/c" were one key.
+        assert!(parse_object(&vs("a/b", "c")).unwrap_err().contains("metadata.namespace"));
+        assert!(parse_object(&vs("a", "b/c")).unwrap_err().contains("name \"b/c\" is invalid"));
+        let ok = parse_object(&vs("a", "c")).unwrap();
+        assert_eq!(ResourceKey::parse(&ok.key.to_string()).unwrap(), ok.key);
+    }
+
+    #[test]
+    fn hostile_names_are_refused_with_escaped_errors() {
+        let long = "a".repeat(70_000);
+        for name in ["../etc", "a\0b", "line\nforged", "tab\tbed", "rtl\u{202E}txt", "   ", long.as_str()] {
+            let err = parse_object(&vs("default", name)).unwrap_err();
+            assert!(!err.contains('\n') && !err.contains('\0') && !err.contains('\u{202E}'), "{err:?}");
+            assert!(err.len() < 400, "error is {} bytes", err.len());
+        }
+        let envoy =
+            |name: &str| json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "spec": { "name": name } });
+        assert!(parse_object(&envoy("outbound|9080||reviews.default.svc.cluster.local")).is_ok());
+        assert!(parse_object(&envoy("two words")).unwrap_err().contains("not visible ASCII"));
+        assert!(parse_object(&envoy(&"c".repeat(70_000))).unwrap_err().contains("longer than 1024"));
+        let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "1st" }, "spec": {} });
+        assert!(parse_object(&svc).unwrap_err().contains("DNS-1035"));
+    }
+
+    #[test]
+    fn oversized_objects_are_refused() {
+        let limits = Limits { max_resource_bytes: 4096 };
+        let cluster = |n: usize| {
+            let hosts: Vec<Value> = (0..n)
+                .map(|i| json!({ "endpoint": { "address": { "socket_address": { "address": format!("10.0.{}.{}", i / 250, i % 250), "port_value": 80 } } } }))
+                .collect();
+            json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "ClusterLoadAssignment",
+                "spec": { "cluster_name": "big", "endpoints": [{ "lb_endpoints": hosts }] } })
+        };
+        assert!(parse_object_within(&cluster(10), &limits).is_ok());
+        let err = parse_object_within(&cluster(2000), &limits).unwrap_err();
+        assert!(err.contains("above [limits] max_resource_bytes = 4096") && err.contains("(encoded)"), "{err}");
+        let mut big_vs = vs("default", "r");
+        big_vs["spec"]["hosts"] = json!(vec!["h".repeat(100); 100]);
+        assert!(parse_object_within(&big_vs, &limits).unwrap_err().contains("canonical JSON"));
+        assert!(check_key(&ResourceKey::new("networking.istio.io", "VirtualService", "a/b", "c")).is_err());
+        assert!(check_key(&ResourceKey::new("xds.keelson.dev", "Cluster", "", "a|b")).is_ok());
     }
 }

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::HubError;
 use crate::event::{Event, Op, ResourceKey, SourceId};
+use crate::guard::{DeletionGuard, HeldDeletions, HeldReport};
 use crate::metrics::Metrics;
 use crate::snapshot::{ChangeSet, Snapshot};
 use crate::state::{Applied, State};
@@ -37,6 +38,10 @@ pub struct HubConfig {
     pub checkpoint_every_events: u64,
     /// The sources readiness waits for.
     pub sources: Vec<SourceId>,
+    /// What every source validates objects against (`[limits]`).
+    pub limits: crate::object::Limits,
+    /// The mass-deletion guard (`[reconcile]`).
+    pub deletion_guard: DeletionGuard,
 }
 
 impl Default for HubConfig {
@@ -47,6 +52,8 @@ impl Default for HubConfig {
             sync_timeout: Duration::from_secs(30),
             checkpoint_every_events: 10_000,
             sources: Vec::new(),
+            limits: crate::object::Limits::default(),
+            deletion_guard: DeletionGuard::default(),
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct SourceHealth {
     pub last_event: Option<String>,
     /// Current validation errors, e.g. `routes.yaml:12: spec.hosts is required`.
     pub errors: Vec<String>,
+    /// Deletions the mass-deletion guard holds (crate::guard).
+    pub held_deletions: Option<HeldReport>,
 }
 
 /// The result of a submission.
@@ -72,6 +81,8 @@ pub struct Outcome {
     pub changed: usize,
     /// The config version after the submission.
     pub version: u64,
+    /// Deletions the mass-deletion guard held back instead of applying.
+    pub held: usize,
 }
 
 struct Submission {
@@ -83,8 +94,19 @@ struct Submission {
     reply: oneshot::Sender<Result<Outcome, HubError>>,
 }
 
+/// What the ingest task is asked to do.
+enum Command {
+    Submit(Submission),
+    /// Apply the deletions held for a source now (an operator confirmed them).
+    Confirm {
+        source: String,
+        reply: oneshot::Sender<Result<usize, HubError>>,
+    },
+}
+
 struct Shared {
     store: EventStore,
+    limits: crate::object::Limits,
     metrics: Metrics,
     health: RwLock<BTreeMap<String, SourceHealth>>,
     degraded: AtomicBool,
@@ -93,7 +115,7 @@ struct Shared {
 /// A cheap, cloneable handle to the running hub.
 #[derive(Clone)]
 pub struct HubHandle {
-    tx: mpsc::Sender<Submission>,
+    tx: mpsc::Sender<Command>,
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     shared: Arc<Shared>,
 }
@@ -113,7 +135,18 @@ impl HubHandle {
         keep_files: Vec<String>,
     ) -> Result<Outcome, HubError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Submission { origin, ops, keep_files, reply }).await.map_err(|_| HubError::Stopped)?;
+        self.tx
+            .send(Command::Submit(Submission { origin, ops, keep_files, reply }))
+            .await
+            .map_err(|_| HubError::Stopped)?;
+        rx.await.map_err(|_| HubError::Stopped)?
+    }
+
+    /// Applies the deletions the mass-deletion guard holds for `source`
+    /// (named as `/debug/sources` shows it) now; returns how many were held.
+    pub async fn confirm_deletions(&self, source: &str) -> Result<usize, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Confirm { source: source.to_string(), reply }).await.map_err(|_| HubError::Stopped)?;
         rx.await.map_err(|_| HubError::Stopped)?
     }
 
@@ -148,6 +181,11 @@ impl HubHandle {
 
     pub fn store(&self) -> &EventStore {
         &self.shared.store
+    }
+
+    /// The limits sources must validate objects against.
+    pub fn limits(&self) -> &crate::object::Limits {
+        &self.shared.limits
     }
 }
 
@@ -184,7 +222,13 @@ impl Hub {
         );
         let (tx, rx) = mpsc::channel(256);
         let (snap_tx, snapshots) = watch::channel(None);
-        let shared = Arc::new(Shared { store, metrics, health: RwLock::default(), degraded: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            store,
+            limits: cfg.limits,
+            metrics,
+            health: RwLock::default(),
+            degraded: AtomicBool::new(false),
+        });
         let (stop, stop_rx) = oneshot::channel();
         let mut ingest = Ingest {
             base_version: rebuilt.state.version,
@@ -202,6 +246,7 @@ impl Hub {
             last_change: None,
             published: None,
             checkpointing: None,
+            held: HeldDeletions::default(),
         };
         if ingest.ready {
             // Warm restart (or nothing to wait for): serve the log's state
@@ -243,23 +288,41 @@ struct Ingest {
     changed_keys: BTreeSet<ResourceKey>,
     checkpointed: u64,
     checkpointing: Option<tokio::task::JoinHandle<()>>,
+    held: HeldDeletions,
 }
 
 impl Ingest {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Submission>,
-        mut stop: oneshot::Receiver<()>,
-    ) -> Result<(), HubError> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut stop: oneshot::Receiver<()>) -> Result<(), HubError> {
         let sync_deadline = Instant::now() + self.cfg.sync_timeout;
         loop {
             let publish_at = self.publish_deadline();
+            let held_due = self.held.next_due(&self.cfg.deletion_guard);
             tokio::select! {
                 _ = &mut stop => break,
-                sub = rx.recv() => {
-                    let Some(sub) = sub else { break };
-                    let outcome = self.ingest(sub.origin, sub.ops, &sub.keep_files).await;
-                    let _ = sub.reply.send(outcome);
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Submit(sub)) => {
+                        let outcome = self.ingest(sub.origin, sub.ops, &sub.keep_files, true).await;
+                        let _ = sub.reply.send(outcome);
+                    }
+                    Some(Command::Confirm { source, reply }) => {
+                        let applied = match self.held.source_named(&source) {
+                            Some(origin) => {
+                                tracing::warn!(source = %origin, "held deletions confirmed by an operator");
+                                self.apply_held(&origin).await
+                            }
+                            None => Ok(0),
+                        };
+                        let _ = reply.send(applied);
+                    }
+                },
+                _ = tokio::time::sleep_until(held_due.unwrap_or(sync_deadline)), if held_due.is_some() => {
+                    for origin in self.held.due(&self.cfg.deletion_guard, Instant::now()) {
+                        tracing::warn!(source = %origin, after = ?self.cfg.deletion_guard.confirm_after, "the source still lists none of its held objects; deleting them");
+                        if let Err(e) = self.apply_held(&origin).await {
+                            tracing::error!(source = %origin, "cannot apply held deletions: {e}");
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(publish_at.unwrap_or(sync_deadline)), if publish_at.is_some() => self.publish(),
                 _ = tokio::time::sleep_until(sync_deadline), if !self.ready => {
@@ -316,13 +379,28 @@ impl Ingest {
     }
 
     /// Filters, appends and applies one submission.
-    async fn ingest(&mut self, origin: SourceId, ops: Vec<Op>, keep_files: &[String]) -> Result<Outcome, HubError> {
+    async fn ingest(
+        &mut self,
+        origin: SourceId,
+        ops: Vec<Op>,
+        keep_files: &[String],
+        guarded: bool,
+    ) -> Result<Outcome, HubError> {
         let kept =
             |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {
+                Op::Upsert { key, .. } if let Err(e) = crate::object::check_key(key) => {
+                    // Sources validate first; this keeps one source's bug from
+                    // failing its whole batch at the log's key limits.
+                    tracing::error!(source = %origin, "rejected an invalid key the source let through: {e}");
+                    self.shared.metrics.validation_errors.get_or_create(&Metrics::source(&origin.to_string())).inc();
+                }
                 Op::Upsert { key, body, .. } => {
+                    if self.held.release(&origin, key) {
+                        tracing::info!(source = %origin, %key, "listed again: its held deletion is off");
+                    }
                     if let Some(seen) = self.syncing.get_mut(&origin) {
                         seen.insert(key.clone());
                     }
@@ -360,7 +438,9 @@ impl Ingest {
                 Op::Nack { .. } => out.push(op),
             }
         }
-        let mut outcome = Outcome { appended: None, changed: 0, version: self.state.version };
+        let held = if guarded { self.hold_mass_deletion(&origin, &mut out) } else { 0 };
+        self.report_held(&origin);
+        let mut outcome = Outcome { appended: None, changed: 0, version: self.state.version, held };
         if out.is_empty() {
             return Ok(outcome);
         }
@@ -415,6 +495,76 @@ impl Ingest {
         }
         self.maybe_checkpoint();
         Ok(outcome)
+    }
+
+    /// Takes out of `out` the deletions of a submission that would wipe
+    /// most of its source (crate::guard), and holds them. Returns how many.
+    fn hold_mass_deletion(&mut self, origin: &SourceId, out: &mut Vec<Op>) -> usize {
+        if !DeletionGuard::applies_to(origin) || !out.iter().any(|op| matches!(op, Op::Delete { .. })) {
+            return 0;
+        }
+        let ours = |k: &ResourceKey| self.state.resources.get(k).is_some_and(|e| &e.origin == origin);
+        let deleting: Vec<ResourceKey> = out
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { key, .. } if ours(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let adding = out
+            .iter()
+            .filter(|op| matches!(op, Op::Upsert { key, .. } if !self.state.resources.contains_key(key)))
+            .count();
+        let total = self.state.keys_from(origin).count();
+        let trips = self.cfg.deletion_guard.trips(total, deleting.len(), adding);
+        // A new mass deletion holds all of it; otherwise only what is held
+        // already stays held (the source repeating a held deletion).
+        let hold: HashSet<ResourceKey> =
+            deleting.into_iter().filter(|k| trips || self.held.is_held(origin, k)).collect();
+        if hold.is_empty() {
+            return 0;
+        }
+        out.retain(|op| !matches!(op, Op::Delete { key, .. } if hold.contains(key)));
+        let count = hold.len();
+        self.held.hold(origin, hold);
+        if !trips {
+            return count;
+        }
+        tracing::warn!(
+            source = %origin,
+            deleting = count,
+            of = total,
+            confirm_after = ?self.cfg.deletion_guard.confirm_after,
+            "mass deletion held: the source stopped listing more than {:.0}% of its objects; they are deleted if it still does after confirm_after, or now with `keelson source confirm {origin}`",
+            self.cfg.deletion_guard.max_delete_fraction * 100.0
+        );
+        count
+    }
+
+    /// Deletes what is held for `origin` (due, or confirmed).
+    async fn apply_held(&mut self, origin: &SourceId) -> Result<usize, HubError> {
+        let Some(held) = self.held.take(origin) else { return Ok(0) };
+        let count = held.keys.len();
+        let ops: Vec<Op> = held
+            .keys
+            .into_iter()
+            .filter(|k| self.state.resources.get(k).is_some_and(|e| &e.origin == origin))
+            .map(|key| Op::Delete { key, source_version: "mass-deletion confirmed".into() })
+            .collect();
+        self.ingest(origin.clone(), ops, &[], false).await?;
+        Ok(count)
+    }
+
+    /// Shows a source's held deletions in its health and metrics.
+    fn report_held(&self, origin: &SourceId) {
+        let report = self.held.report(origin, &self.cfg.deletion_guard);
+        let name = origin.to_string();
+        let count = report.as_ref().map_or(0, |r| r.count);
+        self.shared.metrics.deletions_held.get_or_create(&Metrics::source(&name)).set(count as i64);
+        let mut all = self.shared.health.write().unwrap_or_else(|e| e.into_inner());
+        if report.is_some() || all.get(&name).is_some_and(|h| h.held_deletions.is_some()) {
+            all.entry(name).or_default().held_deletions = report;
+        }
     }
 
     /// Writes a checkpoint in the background every `checkpoint_every_events`.

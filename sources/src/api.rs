@@ -9,11 +9,12 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
-use keelson_hub::object::parse_object;
+use axum::routing::{post, put};
+use keelson_hub::object::parse_object_within;
 use keelson_hub::{HubHandle, Op, ResourceKey, SourceId, SourceKind};
 use serde_json::json;
 
@@ -26,10 +27,20 @@ struct ApiState {
 
 /// The API source's routes, to merge into the admin server.
 pub fn router(hub: HubHandle, token: Option<String>) -> Router {
+    let body_limit = max_body_bytes(hub.limits().max_resource_bytes);
     let state = ApiState { hub, token, id: SourceId::new(SourceKind::Api, "push") };
     Router::new()
         .route("/v1/resources/{group}/{kind}/{namespace}/{*name}", put(upsert).delete(delete))
+        .route("/v1/sources/confirm", post(confirm))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// The largest request body (larger ones get 413): 2 MiB, or room for an
+/// object at `[limits] max_resource_bytes` written as indented YAML/JSON,
+/// which is up to a few times its canonical size.
+pub fn max_body_bytes(max_resource_bytes: usize) -> usize {
+    (2 << 20).max(max_resource_bytes.saturating_mul(4))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -76,7 +87,7 @@ async fn upsert(
         return r;
     }
     let key = path_key(path);
-    let object = match parse_body(&headers, &body).and_then(|v| parse_object(&v)) {
+    let object = match parse_body(&headers, &body).and_then(|v| parse_object_within(&v, state.hub.limits())) {
         Ok(o) => o,
         Err(e) => {
             state
@@ -119,6 +130,28 @@ async fn delete(
             (StatusCode::OK, axum::Json(json!({ "key": key.to_string(), "seq": seq, "version": o.version })))
                 .into_response()
         }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConfirmQuery {
+    /// The source as `/debug/sources` names it, e.g. `file/config`.
+    source: String,
+}
+
+/// `POST /v1/sources/confirm?source=NAME`: apply the deletions the
+/// mass-deletion guard holds for a source now (`keelson source confirm`).
+async fn confirm(State(state): State<ApiState>, Query(q): Query<ConfirmQuery>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&state, &headers) {
+        return r;
+    }
+    match state.hub.confirm_deletions(&q.source).await {
+        Ok(0) => error(
+            StatusCode::NOT_FOUND,
+            format!("no deletions are held for source {}", keelson_hub::names::shown_name(&q.source)),
+        ),
+        Ok(n) => (StatusCode::OK, axum::Json(json!({ "source": q.source, "deleted": n }))).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 GET for reading a running hub's admin API (`--admin URL`).
+//! A minimal HTTP/1.1 client for a running hub's admin API (`--admin URL`).
 //! The admin API is plain HTTP on loopback; a full client library would be
-//! weight without benefit for three GETs of JSON.
+//! weight without benefit for a few requests of JSON.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,14 +10,20 @@ use anyhow::{Context, Result, bail};
 
 /// GETs `path` (with query) from `base` (`http://host:port`) and parses the JSON body.
 pub fn get_json(base: &str, path_and_query: &str) -> Result<serde_json::Value> {
+    request_json("GET", base, path_and_query, None)
+}
+
+/// Sends a body-less request, with a bearer token when given, and parses the JSON answer.
+pub fn request_json(method: &str, base: &str, path_and_query: &str, token: Option<&str>) -> Result<serde_json::Value> {
     let authority =
         base.strip_prefix("http://").with_context(|| format!("{base}: only http:// admin URLs are supported"))?;
     let authority = authority.trim_end_matches('/');
     let mut stream = TcpStream::connect(authority).with_context(|| format!("cannot reach the admin API at {base}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "GET {path_and_query} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -28,7 +34,10 @@ pub fn get_json(base: &str, path_and_query: &str) -> Result<serde_json::Value> {
         body = dechunk(&body)?;
     }
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
-    let value: serde_json::Value = serde_json::from_slice(&body).context("the admin API did not answer JSON")?;
+    let value: serde_json::Value = serde_json::from_slice(&body).with_context(|| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        format!("{base}{path_and_query}: HTTP {status}, not JSON: {}", keelson_hub::names::escaped(&text))
+    })?;
     if status != 200 {
         bail!("{base}{path_and_query}: HTTP {status}: {}", value["error"].as_str().unwrap_or(&value.to_string()));
     }

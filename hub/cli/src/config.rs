@@ -34,6 +34,26 @@ struct ConfigFile {
     file: FileFile,
     #[serde(default)]
     xds: XdsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    reconcile: ReconcileFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    /// Largest encoded object any source may submit (default 1 MiB).
+    max_resource_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileFile {
+    /// Hold a listing that deletes more than this fraction of a source's objects (default 0.5; 1 = off).
+    max_delete_fraction: Option<f64>,
+    /// ...until it has persisted this long (default "30s").
+    confirm_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +150,8 @@ pub struct ServeConfig {
     pub file_rescan: Duration,
     pub api_token_file: Option<PathBuf>,
     pub xds: keelson_sinks::xds::XdsConfig,
+    pub limits: keelson_hub::object::Limits,
+    pub deletion_guard: keelson_hub::guard::DeletionGuard,
 }
 
 /// Flags given on the command line; each one beats the file.
@@ -191,8 +213,29 @@ impl ServeConfig {
             }
             xds.max_message_bytes = n;
         }
+        let mut limits = keelson_hub::object::Limits::default();
+        if let Some(n) = cf.limits.max_resource_bytes {
+            if n < 1024 {
+                bail!("limits.max_resource_bytes = {n} is too small (at least 1024)");
+            }
+            limits.max_resource_bytes = n;
+        }
+        let mut deletion_guard = keelson_hub::guard::DeletionGuard::default();
+        if let Some(f) = cf.reconcile.max_delete_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("reconcile.max_delete_fraction = {f} must be above 0 and at most 1 (1 turns the guard off)");
+            }
+            deletion_guard.max_delete_fraction = f;
+        }
+        deletion_guard.confirm_after = duration_or(
+            "reconcile.confirm_after",
+            cf.reconcile.confirm_after.as_deref(),
+            deletion_guard.confirm_after,
+        )?;
         Ok(ServeConfig {
             xds,
+            limits,
+            deletion_guard,
             data_dir: flags.data_dir.or(cf.data_dir.map(|d| base.join(d))).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             grpc_listen: flags.grpc_listen.or(cf.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC.parse().expect("valid")),
             admin_listen: flags

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use keelson_hub::names::escaped;
 use keelson_hub::{EventStore, ResourceKey};
 use keelson_storage::{OpenOptions, SledEventLog, VerifyReport};
 use serde_json::Value;
@@ -45,7 +46,7 @@ fn emit(out: &mut impl Write, line: &str) -> io::Result<bool> {
 
 fn origin(v: &Value) -> String {
     match (v["origin"]["kind"].as_str(), v["origin"]["name"].as_str()) {
-        (Some(kind), Some(name)) => format!("{kind}/{name}"),
+        (Some(kind), Some(name)) => format!("{}/{}", escaped(kind), escaped(name)),
         _ => "-".into(),
     }
 }
@@ -53,12 +54,15 @@ fn origin(v: &Value) -> String {
 /// The human form of one log entry (the JSON shape of docs/cli.md), the same
 /// whether it was read from the data dir or through `--admin`.
 fn value_line(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or_default();
-    let detail = match s("op") {
+    // Names, locations and NACK errors were supplied by users and clients:
+    // escaped, so none can forge a line of this output.
+    let s = |k: &str| escaped(v[k].as_str().unwrap_or_default()).into_owned();
+    let detail = match s("op").as_str() {
         "nack" => format!("{} rejected {} v{}: {}", s("node"), s("type_url"), s("version"), s("error")),
-        _ => s("key").to_string(),
+        _ => s("key"),
     };
-    let location = v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({l})")).unwrap_or_default();
+    let location =
+        v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({})", escaped(l))).unwrap_or_default();
     let seq = v["seq"].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
     format!("{seq:>8}  {}  {:<24} {:<10} {detail}{location}", s("at"), origin(v), s("op"))
 }
@@ -71,12 +75,7 @@ pub fn log(
     admin: Option<&str>,
 ) -> Result<ExitCode> {
     if let Some(base) = admin {
-        let mut q = format!("/v1/log?limit={}", limit.unwrap_or(10_000));
-        if let Some(from) = from {
-            q.push_str(&format!("&from={from}"));
-        }
-        let entries = admin_client::get_json(base, &q)?;
-        return print_values(entries.as_array().map_or(&[][..], Vec::as_slice), json, value_line);
+        return log_through_admin(base, from, limit, json);
     }
     let store = open(data_dir)?;
     let from = from.unwrap_or(store.log().first_seq());
@@ -85,6 +84,36 @@ pub fn log(
         let v = keelson_hub::json::entry_json(&entry?);
         if !emit(&mut out, &if json { v.to_string() } else { value_line(&v) })? {
             return Ok(ExitCode::SUCCESS);
+        }
+    }
+    flush(out)
+}
+
+/// The admin API answers at most this many entries per request
+/// (`/v1/log`'s cap); longer reads page through, from the seq after the last.
+const ADMIN_LOG_PAGE: usize = 10_000;
+
+fn log_through_admin(base: &str, from: Option<u64>, limit: Option<usize>, json: bool) -> Result<ExitCode> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut next = from;
+    while left > 0 {
+        let want = left.min(ADMIN_LOG_PAGE);
+        let mut q = format!("/v1/log?limit={want}");
+        if let Some(from) = next {
+            q.push_str(&format!("&from={from}"));
+        }
+        let page = admin_client::get_json(base, &q)?;
+        let entries = page.as_array().map_or(&[][..], Vec::as_slice);
+        for v in entries {
+            if !emit(&mut out, &if json { v.to_string() } else { value_line(v) })? {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        left -= entries.len();
+        match entries.last().and_then(|v| v["seq"].as_u64()) {
+            Some(last) if entries.len() == want => next = Some(last + 1),
+            _ => break, // a short page: the end of the log
         }
     }
     flush(out)
@@ -133,13 +162,16 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
             // Oldest first, so each diff reads as "what this change did".
             let mut previous = String::new();
             for v in events.iter().rev() {
-                let loc =
-                    v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!(" from {l}")).unwrap_or_default();
+                let loc = v["location"]
+                    .as_str()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!(" from {}", escaped(l)))
+                    .unwrap_or_default();
                 let header = format!(
                     "=== seq {} {} {} by {}{loc}",
                     v["seq"],
-                    v["at"].as_str().unwrap_or_default(),
-                    v["op"].as_str().unwrap_or_default(),
+                    escaped(v["at"].as_str().unwrap_or_default()),
+                    escaped(v["op"].as_str().unwrap_or_default()),
                     origin(v)
                 );
                 let current = match v.get("body") {
@@ -163,16 +195,10 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
     }
 }
 
-/// `--at` as a seq: a number is a seq; a time means "everything appended up to it".
+/// `--at` as a seq (keelson_hub::point).
 fn resolve_at(store: &EventStore, at: Option<&str>) -> Result<u64> {
     let Some(at) = at else { return Ok(u64::MAX) };
-    if let Ok(seq) = at.parse::<u64>() {
-        return Ok(seq);
-    }
-    let t = humantime::parse_rfc3339_weak(at)
-        .with_context(|| format!("--at {at:?} is neither a seq nor an RFC 3339 time"))?;
-    let after = store.log().seq_at_or_after(t + std::time::Duration::from_nanos(1))?;
-    Ok(after.map_or(store.log().last_seq(), |s| s.saturating_sub(1)))
+    keelson_hub::point::resolve(store, at).map_err(|e| anyhow::anyhow!("--at: {e}"))
 }
 
 pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
@@ -210,9 +236,9 @@ pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>)
         format!(
             "{:>8}  {:<64} {}  {}",
             r["version"],
-            r["key"].as_str().unwrap_or_default(),
-            r["origin"].as_str().unwrap_or_default(),
-            r["location"].as_str().unwrap_or_default()
+            escaped(r["key"].as_str().unwrap_or_default()),
+            escaped(r["origin"].as_str().unwrap_or_default()),
+            escaped(r["location"].as_str().unwrap_or_default())
         )
     })
 }

@@ -111,6 +111,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Act on a source of a running hub.
+    Source {
+        #[command(subcommand)]
+        action: SourceAction,
+    },
     /// Check every record, index entry and checkpoint; exit 1 on damage.
     Verify {
         #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
@@ -120,6 +125,21 @@ enum Command {
         repair: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SourceAction {
+    /// Apply the deletions the mass-deletion guard holds for a source now.
+    Confirm {
+        /// The source as /debug/sources names it, e.g. file/config.
+        name: String,
+        /// The hub's admin URL.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18001")]
+        admin: String,
+        /// The push API's bearer token file (the hub's [api] token_file).
+        #[arg(long, value_name = "FILE")]
+        api_token_file: PathBuf,
     },
 }
 
@@ -144,6 +164,9 @@ fn main() -> ExitCode {
             inspect::state(&data_dir, at.as_deref(), json, admin.as_deref())
         }
         Command::Status { admin, json } => status::status(&admin, json),
+        Command::Source { action: SourceAction::Confirm { name, admin, api_token_file } } => {
+            status::confirm_deletions(&admin, &name, &api_token_file)
+        }
         Command::Validate { paths } => inspect::validate(&paths),
         Command::Verify { data_dir, repair, json } => inspect::verify(&data_dir, repair, json),
     };

@@ -69,6 +69,8 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
         sync_timeout: cfg.sync_timeout,
         checkpoint_every_events: cfg.checkpoint_every_events,
         sources: sources.iter().map(|s| s.id().clone()).collect(),
+        limits: cfg.limits,
+        deletion_guard: cfg.deletion_guard,
     };
     let hub = Hub::start(store.clone(), hub_cfg, metrics).await?;
     let handle = hub.handle();

@@ -71,9 +71,23 @@ pub fn render(syncz: &Value) -> String {
     out
 }
 
+/// `keelson source confirm NAME`: applies the deletions the hub's
+/// mass-deletion guard holds for a source.
+pub fn confirm_deletions(admin: &str, source: &str, token_file: &std::path::Path) -> Result<ExitCode> {
+    use anyhow::Context;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read the API token file {}", token_file.display()))?;
+    let path = format!("/v1/sources/confirm?source={}", admin_client::encode(source));
+    let answer = admin_client::request_json("POST", admin, &path, Some(token.trim()))?;
+    println!("deleted {} held object(s) of {}", answer["deleted"], keelson_hub::names::escaped(source));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A cell of human output: node ids and NACK errors come from clients, so
+/// control characters are escaped rather than allowed to forge lines.
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => keelson_hub::names::escaped(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -98,5 +112,16 @@ mod tests {
         assert!(lines[1].contains("envoy-1") && lines[1].contains("SYNCED") && lines[1].contains("NACKED"), "{out}");
         assert!(lines[1].ends_with('7'), "newest ACKed version: {out}");
         assert_eq!(lines[2], "NACK envoy-1 LDS version 9: duplicate filter chain");
+    }
+
+    #[test]
+    fn client_supplied_text_cannot_forge_lines() {
+        let syncz = serde_json::json!({"proxies": [{
+            "node": "evil\nNACK other LDS version 1: forged", "cluster": "c", "stream": "sotw",
+            "types": [{"short": "LDS", "status": "NACKED", "nacked_version": "2", "error": "bad\r\nthing\u{202e}"}]
+        }]});
+        let out = render(&syncz);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(out.contains("evil\\nNACK other") && out.contains("bad\\r\\nthing\\u{202e}"), "{out}");
     }
 }

@@ -9,7 +9,7 @@
 //! | `GET /debug/sources` | health of each source, with its current validation errors |
 //! | `GET /v1/history?key=KEY` | every change of one object, newest first (docs/cli.md shape) |
 //! | `GET /v1/log?from=SEQ&limit=N` | log entries in seq order (default limit 100, at most 10000) |
-//! | `GET /v1/state?at=SEQ` | the config as of a seq (default: the end of the log), as `keelson state --json` |
+//! | `GET /v1/state?at=SEQ\|RFC3339` | the config as of a seq or time (default: the end of the log), as `keelson state --json` |
 //!
 //! Other routes (the push API source) are merged in by the binary.
 
@@ -228,14 +228,28 @@ pub fn state_json(r: &keelson_hub::Rebuilt) -> Value {
 
 #[derive(Deserialize)]
 struct StateQuery {
-    at: Option<u64>,
+    at: Option<String>,
 }
 
 async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response {
     let store = a.hub.store().clone();
-    match tokio::task::spawn_blocking(move || store.state_at(q.at.unwrap_or(u64::MAX))).await {
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let seq = match q.at.as_deref() {
+            None => u64::MAX,
+            Some(at) => match keelson_hub::point::resolve(&store, at) {
+                Ok(seq) => seq,
+                Err(e @ keelson_hub::point::PointError::Unparsed(_)) => {
+                    return Err((StatusCode::BAD_REQUEST, e.to_string()));
+                }
+                Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            },
+        };
+        store.state_at(seq).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    })
+    .await;
+    match rebuilt {
         Ok(Ok(r)) => axum::Json(state_json(&r)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err((status, e))) => error(status, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
