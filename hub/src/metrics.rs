@@ -21,6 +21,8 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     pub validation_errors: Family<SourceLabel, Counter>,
     pub source_up: Family<SourceLabel, Gauge>,
+    /// Files a file source opened and read (an idle source reads none).
+    pub file_reads: Family<SourceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -32,6 +34,7 @@ impl Default for Metrics {
             snapshot_version: Gauge::default(),
             validation_errors: Family::default(),
             source_up: Family::default(),
+            file_reads: Family::default(),
         }
     }
 }
@@ -45,6 +48,7 @@ impl Metrics {
         r.register("snapshot_version", "Version of the published snapshot", self.snapshot_version.clone());
         r.register("validation_errors", "Objects rejected by validation, by source", self.validation_errors.clone());
         r.register("source_up", "1 when the source is healthy, by source", self.source_up.clone());
+        r.register("file_reads", "Files read by a file source, by source", self.file_reads.clone());
     }
 
     pub fn source(name: &str) -> SourceLabel {

@@ -105,7 +105,8 @@ impl HubHandle {
     }
 
     /// Like `submit`, for a listing that could not read some files: objects
-    /// whose location is in one of `keep_files` are not reconciled away.
+    /// whose location is in (or below, for a directory) one of `keep_files`
+    /// are not reconciled away.
     pub async fn submit_keeping(
         &self,
         origin: SourceId,
@@ -317,8 +318,11 @@ impl Ingest {
 
     /// Filters, appends and applies one submission.
     async fn ingest(&mut self, origin: SourceId, ops: Vec<Op>, keep_files: &[String]) -> Result<Outcome, HubError> {
-        let kept =
-            |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
+        // A kept path is a file, or a directory the source could not read.
+        let kept = |location: &str| {
+            let path = location.rsplit_once(':').map_or(location, |(p, _)| p);
+            keep_files.iter().any(|f| path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+        };
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {
