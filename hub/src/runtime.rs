@@ -321,7 +321,9 @@ impl Ingest {
         // A kept path is a file, or a directory the source could not read.
         let kept = |location: &str| {
             let path = location.rsplit_once(':').map_or(location, |(p, _)| p);
-            keep_files.iter().any(|f| path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+            keep_files
+                .iter()
+                .any(|f| path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
         };
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {

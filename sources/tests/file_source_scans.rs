@@ -229,8 +229,11 @@ fn validate_reports_unreadable_entries_per_path_and_checks_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::write(root.join("a.yaml"), vs("a", "gw")).unwrap();
-    std::fs::write(root.join("b.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec: {}\n")
-        .unwrap();
+    std::fs::write(
+        root.join("b.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec: {}\n",
+    )
+    .unwrap();
     symlink("nothing.yaml", root.join("gone.yaml")).unwrap();
     let (checked, errors, _) = validate_paths(&[root.to_path_buf()]);
     let r = root.display();

@@ -145,14 +145,18 @@ mod tests {
     #[test]
     fn errors_in_later_documents_give_file_lines_in_position_and_message() {
         // Third document starts at file line 10; its broken flow sequence is on file line 13.
-        let text = format!("{GOOD}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{ hosts: [b }}\n");
+        let text = format!(
+            "{GOOD}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{ hosts: [b }}\n"
+        );
         let errs = parse_file("m.yaml", &text).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 17, "{}", errs[0]);
         assert!(errs[0].message.contains("line 17"), "the message names file lines too: {}", errs[0]);
         assert!(!errs[0].message.contains("line 4 "), "no document-relative line: {}", errs[0]);
         // A validation error in the third document: the file line of its first key.
-        let invalid = format!("{GOOD}---\n# c\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{}}\n");
+        let invalid = format!(
+            "{GOOD}---\n# c\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{}}\n"
+        );
         let errs = parse_file("m.yaml", &invalid).unwrap_err();
         assert_eq!(errs[0].to_string(), "m.yaml:15: spec.hosts is required");
     }

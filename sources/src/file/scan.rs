@@ -168,9 +168,8 @@ fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
 
 /// Reads one file outside a tree (`keelson validate FILE`), with the same limit.
 pub fn read_file(path: &Path, display: &str, max_file_bytes: u64) -> FileResult {
-    let size = std::fs::metadata(path).map_err(|e| {
-        vec![FileError { path: display.to_string(), line: 0, message: format!("cannot read: {e}") }]
-    })?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| vec![FileError { path: display.to_string(), line: 0, message: format!("cannot read: {e}") }])?;
     if size.len() > max_file_bytes {
         return path_error(display.to_string(), too_big(size.len(), max_file_bytes));
     }
@@ -231,7 +230,8 @@ pub fn read_tree(root: &Path, cache: &mut TreeCache, opts: ScanOptions) -> std::
 mod tests {
     use super::*;
 
-    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: NAME }\nspec: { hosts: [NAME] }\n";
+    const VS: &str =
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: NAME }\nspec: { hosts: [NAME] }\n";
 
     const RESCAN: ScanOptions = ScanOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES, full_check: false };
 
