@@ -22,6 +22,8 @@ pub struct Metrics {
     pub validation_errors: Family<SourceLabel, Counter>,
     pub source_up: Family<SourceLabel, Gauge>,
     pub deletions_held: Family<SourceLabel, Gauge>,
+    /// Files a file source opened and read (an idle source reads none).
+    pub file_reads: Family<SourceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -34,6 +36,7 @@ impl Default for Metrics {
             validation_errors: Family::default(),
             source_up: Family::default(),
             deletions_held: Family::default(),
+            file_reads: Family::default(),
         }
     }
 }
@@ -52,6 +55,7 @@ impl Metrics {
             "Deletions held by the mass-deletion guard until confirmed, by source",
             self.deletions_held.clone(),
         );
+        r.register("file_reads", "Files read by a file source, by source", self.file_reads.clone());
     }
 
     pub fn source(name: &str) -> SourceLabel {

@@ -127,7 +127,8 @@ impl HubHandle {
     }
 
     /// Like `submit`, for a listing that could not read some files: objects
-    /// whose location is in one of `keep_files` are not reconciled away.
+    /// whose location is in (or below, for a directory) one of `keep_files`
+    /// are not reconciled away.
     pub async fn submit_keeping(
         &self,
         origin: SourceId,
@@ -386,8 +387,13 @@ impl Ingest {
         keep_files: &[String],
         guarded: bool,
     ) -> Result<Outcome, HubError> {
-        let kept =
-            |location: &str| keep_files.iter().any(|f| location.rsplit_once(':').map_or(location, |(p, _)| p) == f);
+        // A kept path is a file, or a directory the source could not read.
+        let kept = |location: &str| {
+            let path = location.rsplit_once(':').map_or(location, |(p, _)| p);
+            keep_files
+                .iter()
+                .any(|f| path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+        };
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {

@@ -90,8 +90,12 @@ struct ApiFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFile {
-    /// Full rescan period of file sources (default "10s").
+    /// Rescan period of file sources (default "10s"); reads changed files only.
     rescan: Option<String>,
+    /// How often a scan reads every file regardless of its stat (default "5m").
+    full_check: Option<String>,
+    /// Largest file a file source reads, bytes (default 16 MiB).
+    max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +152,8 @@ pub struct ServeConfig {
     pub max_delay: Duration,
     pub sync_timeout: Duration,
     pub file_rescan: Duration,
+    pub file_full_check: Duration,
+    pub file_max_file_bytes: u64,
     pub api_token_file: Option<PathBuf>,
     pub xds: keelson_sinks::xds::XdsConfig,
     pub limits: keelson_hub::object::Limits,
@@ -232,6 +238,9 @@ impl ServeConfig {
             cf.reconcile.confirm_after.as_deref(),
             deletion_guard.confirm_after,
         )?;
+        if cf.file.max_file_bytes == Some(0) {
+            bail!("file.max_file_bytes must be at least 1");
+        }
         Ok(ServeConfig {
             xds,
             limits,
@@ -260,6 +269,8 @@ impl ServeConfig {
                 Duration::from_secs(30),
             )?,
             file_rescan: duration_or("file.rescan", cf.file.rescan.as_deref(), Duration::from_secs(10))?,
+            file_full_check: duration_or("file.full_check", cf.file.full_check.as_deref(), Duration::from_secs(300))?,
+            file_max_file_bytes: cf.file.max_file_bytes.unwrap_or(keelson_sources::file::scan::DEFAULT_MAX_FILE_BYTES),
             api_token_file: flags.api_token_file.or(cf.api.token_file.map(|p| base.join(p))),
         })
     }
@@ -291,6 +302,20 @@ mod tests {
         let cfg = ServeConfig::load(Some(&path), flags).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("elsewhere"));
         assert_eq!(cfg.sources.len(), 2);
+    }
+
+    #[test]
+    fn file_section_sets_limits_and_full_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keelson.toml");
+        std::fs::write(&path, "[file]\nrescan = \"2s\"\nfull_check = \"1m\"\nmax_file_bytes = 4096\n").unwrap();
+        let cfg = ServeConfig::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!((cfg.file_rescan, cfg.file_full_check), (Duration::from_secs(2), Duration::from_secs(60)));
+        assert_eq!(cfg.file_max_file_bytes, 4096);
+        let cfg = ServeConfig::load(None, Overrides::default()).unwrap();
+        assert_eq!(cfg.file_max_file_bytes, 16 * 1024 * 1024);
+        std::fs::write(&path, "[file]\nmax_file_bytes = 0\n").unwrap();
+        assert!(ServeConfig::load(Some(&path), Overrides::default()).is_err());
     }
 
     #[test]

@@ -27,6 +27,8 @@ fn build_sources(cfg: &ServeConfig) -> Vec<Box<dyn Source>> {
             SourceSpec::File(root) => {
                 let mut fc = FileSourceConfig::new(root.clone());
                 fc.rescan = cfg.file_rescan;
+                fc.full_check = cfg.file_full_check;
+                fc.max_file_bytes = cfg.file_max_file_bytes;
                 sources.push(Box::new(FileSource::new(fc)));
             }
             other => tracing::warn!(source = ?other, "this build has no driver for this source kind yet; ignoring it"),

@@ -1,20 +1,24 @@
 //! The file source: a directory tree of YAML/JSON config objects.
 //!
-//! Each scan reads the whole tree (a full read is simple and always right)
-//! but parses only files whose bytes changed, and submits the difference
-//! from what it last submitted.
-//! A file that fails to parse or validate keeps its last good objects; a
-//! missing or unreadable root marks the source down and changes nothing.
-//! Scans run on filesystem events (notify, on the root directory, so
-//! ConfigMap `..data` symlink swaps are seen) and every `rescan` period.
+//! Each scan walks the tree and stats every file, but reads only files whose
+//! stat changed (every file at a periodic full check), parses only files
+//! whose bytes changed, and submits the difference from what it last submitted.
+//! A file that fails to parse or validate, or an entry that cannot be read
+//! (dangling symlink, symlink loop, unreadable directory), is an error for
+//! that path and keeps its last good objects; only a missing or unreadable
+//! root marks the source down. Scans run on filesystem events that mean a
+//! change (notify, on the root directory, so ConfigMap `..data` symlink swaps
+//! are seen; not access/open events, which the scan's own reads cause) and
+//! every `rescan` period.
 
 pub mod parse;
+pub mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use keelson_hub::metrics::Metrics;
 use keelson_hub::object::ValidObject;
@@ -29,13 +33,24 @@ use parse::{FileObject, FileResult};
 #[derive(Clone, Debug)]
 pub struct FileSourceConfig {
     pub root: PathBuf,
-    /// Full rescan period, a safety net for missed filesystem events.
+    /// Rescan period, a safety net for missed filesystem events. A rescan
+    /// reads only files whose stat changed.
     pub rescan: Duration,
+    /// How often a scan reads every file whatever its stat says, for edits a
+    /// stat cannot see (same size within one mtime tick).
+    pub full_check: Duration,
+    /// Files larger than this are an error (and keep their last good objects).
+    pub max_file_bytes: u64,
 }
 
 impl FileSourceConfig {
     pub fn new(root: PathBuf) -> Self {
-        FileSourceConfig { root, rescan: Duration::from_secs(10) }
+        FileSourceConfig {
+            root,
+            rescan: Duration::from_secs(10),
+            full_check: Duration::from_secs(300),
+            max_file_bytes: scan::DEFAULT_MAX_FILE_BYTES,
+        }
     }
 
     /// The source's identity: `file/<root as given>`.
@@ -77,10 +92,14 @@ struct Driver {
     last_good: BTreeMap<String, Vec<FileObject>>,
     /// What the hub holds from us: key → content hash. `None` until the first sync.
     submitted: Option<BTreeMap<ResourceKey, u128>>,
-    /// Files broken at the last full listing, whose objects the hub kept.
+    /// Paths (files, or directories that could not be read) broken at the
+    /// last full listing, whose objects the hub kept.
     kept: BTreeSet<String>,
     errors: Vec<String>,
-    cache: parse::ParseCache,
+    /// Why the source is down, logged once per distinct reason.
+    down_reason: Option<String>,
+    cache: scan::TreeCache,
+    last_full_check: Option<Instant>,
 }
 
 impl Driver {
@@ -93,7 +112,9 @@ impl Driver {
             submitted: None,
             kept: BTreeSet::new(),
             errors: Vec::new(),
-            cache: parse::ParseCache::default(),
+            down_reason: None,
+            cache: scan::TreeCache::default(),
+            last_full_check: None,
         }
     }
 
@@ -101,6 +122,8 @@ impl Driver {
         let (tx, mut events) = mpsc::channel::<()>(1);
         let mut watcher: Option<notify::RecommendedWatcher> = None;
         let mut tick = tokio::time::interval(self.cfg.rescan);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the first scan is below
         loop {
             if watcher.is_none() {
                 watcher = self.watch(tx.clone());
@@ -120,7 +143,8 @@ impl Driver {
 
     fn watch(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Errors are not wake-ups (the periodic rescan covers what they lose).
+            if res.is_ok_and(|event| means_change(&event)) {
                 let _ = tx.try_send(()); // one pending wake-up is enough
             }
         })
@@ -130,9 +154,11 @@ impl Driver {
     }
 
     async fn scan(&mut self) {
+        let full_check = self.last_full_check.is_none_or(|at| at.elapsed() >= self.cfg.full_check);
+        let opts = scan::ScanOptions { max_file_bytes: self.cfg.max_file_bytes, full_check };
         let (root, mut cache) = (self.cfg.root.clone(), std::mem::take(&mut self.cache));
         let scanned = tokio::task::spawn_blocking(move || {
-            let tree = parse::read_tree(&root, &mut cache);
+            let tree = scan::read_tree(&root, &mut cache, opts);
             (cache, tree)
         })
         .await;
@@ -144,18 +170,23 @@ impl Driver {
             Ok((_, Err(e))) => return self.down(format!("cannot read {}: {e}", self.cfg.root.display())),
             Err(e) => return self.down(format!("scan task failed: {e}")),
         };
-        self.last_good.retain(|file, _| tree.contains_key(file));
+        if full_check {
+            self.last_full_check = Some(Instant::now());
+        }
+        let label = Metrics::source(&self.id.to_string());
+        self.hub.metrics().file_reads.get_or_create(&label).inc_by(tree.read.len() as u64);
+        let broken: BTreeSet<String> =
+            tree.files.iter().filter(|(_, r)| r.is_err()).map(|(path, _)| path.clone()).collect();
+        // A file the scan did not list is gone, unless it is below a
+        // directory the scan could not read: then its objects stay.
+        self.last_good.retain(|file, _| tree.files.contains_key(file) || broken.iter().any(|b| is_below(file, b)));
         let mut errors = Vec::new();
-        let mut broken = BTreeSet::new();
-        for (file, result) in tree {
+        for (file, result) in tree.files {
             match result {
                 Ok(objects) => {
                     self.last_good.insert(file, objects);
                 }
-                Err(errs) => {
-                    errors.extend(errs.iter().map(ToString::to_string));
-                    broken.insert(file);
-                }
+                Err(errs) => errors.extend(errs.iter().map(ToString::to_string)),
             }
         }
         let (desired, duplicates) = merge(&self.last_good);
@@ -187,18 +218,26 @@ impl Driver {
         }
     }
 
+    /// Logs and counts each error once, when it appears, and says when it clears.
     fn report_errors(&mut self, errors: Vec<String>) {
-        if errors != self.errors {
-            for e in errors.iter().filter(|e| !self.errors.contains(e)) {
-                tracing::warn!(source = %self.id, "rejected, last good version kept: {e}");
-                self.hub.metrics().validation_errors.get_or_create(&Metrics::source(&self.id.to_string())).inc();
-            }
-            self.errors = errors.clone();
+        if errors == self.errors {
+            return;
         }
+        for e in errors.iter().filter(|e| !self.errors.contains(e)) {
+            tracing::warn!(source = %self.id, "rejected, last good version kept: {e}");
+            self.hub.metrics().validation_errors.get_or_create(&Metrics::source(&self.id.to_string())).inc();
+        }
+        for e in self.errors.iter().filter(|e| !errors.contains(e)) {
+            tracing::info!(source = %self.id, "error cleared: {e}");
+        }
+        self.errors = errors.clone();
         self.hub.update_health(&self.id, |h| h.errors = errors);
     }
 
-    fn up(&self) {
+    fn up(&mut self) {
+        if let Some(reason) = self.down_reason.take() {
+            tracing::info!(source = %self.id, "source recovered (was: {reason})");
+        }
         self.hub.update_health(&self.id, |h| {
             h.up = true;
             h.synced = true;
@@ -206,13 +245,34 @@ impl Driver {
         });
     }
 
-    fn down(&self, error: String) {
-        tracing::error!(source = %self.id, "{error}; serving the last good config");
+    fn down(&mut self, error: String) {
+        if self.down_reason.as_ref() != Some(&error) {
+            tracing::error!(source = %self.id, "{error}; serving the last good config");
+            self.down_reason = Some(error.clone());
+        }
         self.hub.update_health(&self.id, |h| {
             h.up = false;
             h.last_error = Some(error);
         });
     }
+}
+
+/// Whether a filesystem event may mean the tree changed. Access events
+/// (open, read, close after reading) are what a scan itself causes.
+fn means_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Other => event.need_rescan(),
+    }
+}
+
+/// Whether `file` lies below the directory `dir` (both relative to the root).
+fn is_below(file: &str, dir: &str) -> bool {
+    file.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// One object per key across files; a second definition is an error and the
@@ -269,28 +329,25 @@ fn prefixed(root: &std::path::Path, result: FileResult) -> FileResult {
     }
 }
 
-/// Checks files or directories offline, as `keelson validate` does.
-/// Returns the number of files read, errors (file:line: reason) and
-/// warnings (references nothing among the given files defines).
+/// Checks files or directories offline, as `keelson validate` does, with
+/// the default `[file] max_file_bytes`.
+/// Returns the number of files read, errors (file:line: reason; `path:0:`
+/// for entries that cannot be read) and warnings (references nothing among
+/// the given files defines).
 pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut files: BTreeMap<String, FileResult> = BTreeMap::new();
     for path in paths {
         if path.is_dir() {
-            match parse::read_tree(path, &mut parse::ParseCache::default()) {
+            match scan::read_tree(path, &mut scan::TreeCache::default(), scan::ScanOptions::default()) {
                 Ok(tree) => files.extend(
-                    tree.into_iter().map(|(rel, r)| (path.join(&rel).display().to_string(), prefixed(path, r))),
+                    tree.files.into_iter().map(|(rel, r)| (path.join(&rel).display().to_string(), prefixed(path, r))),
                 ),
                 Err(e) => errors.push(format!("{}: cannot read: {e}", path.display())),
             }
         } else {
             let display = path.display().to_string();
-            let result = match std::fs::read_to_string(path) {
-                Ok(text) => parse::parse_file(&display, &text),
-                Err(e) => {
-                    Err(vec![parse::FileError { path: display.clone(), line: 0, message: format!("cannot read: {e}") }])
-                }
-            };
+            let result = scan::read_file(path, &display, scan::DEFAULT_MAX_FILE_BYTES);
             files.insert(display, result);
         }
     }
@@ -317,4 +374,39 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
         })
         .collect();
     (checked, errors, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    #[test]
+    fn only_events_that_mean_change_wake_a_scan() {
+        let wakes = |kind| means_change(&Event::new(kind));
+        // What a scan's own reads cause (inotify IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE).
+        assert!(!wakes(EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!wakes(EventKind::Access(AccessKind::Read)));
+        assert!(!wakes(EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!wakes(EventKind::Other), "other events only with the rescan flag");
+        assert!(means_change(&Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)));
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ] {
+            assert!(wakes(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn below_means_inside_a_directory_not_a_name_prefix() {
+        assert!(is_below("sub/a.yaml", "sub"));
+        assert!(!is_below("subway.yaml", "sub"));
+        assert!(!is_below("sub", "sub"));
+    }
 }

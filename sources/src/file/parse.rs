@@ -1,8 +1,6 @@
 //! Reading a tree of config files into validated objects, with file:line errors.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 
 use keelson_hub::object::{ValidObject, parse_object};
 
@@ -33,30 +31,6 @@ impl fmt::Display for FileError {
 /// never deletes the objects it no longer parses to.
 pub type FileResult = Result<Vec<FileObject>, Vec<FileError>>;
 
-fn is_config_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
-}
-
-/// Lists config files below `root`, following symlinks (Kubernetes ConfigMap
-/// mounts are symlinks into `..data`) and skipping hidden entries (so the
-/// `..data` and `..<timestamp>` copies are not read twice).
-pub fn list_files(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let meta = std::fs::metadata(root)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"));
-    }
-    let mut files = Vec::new();
-    let walk = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter();
-    for entry in walk.filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        if entry.file_type().is_file() && is_config_file(entry.path()) {
-            let rel = entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().into_owned();
-            files.push((rel, entry.path().to_path_buf()));
-        }
-    }
-    Ok(files)
-}
-
 /// Parses one file's text. `display` is how errors and locations name it.
 pub fn parse_file(display: &str, text: &str) -> FileResult {
     let is_json = display.ends_with(".json");
@@ -77,8 +51,9 @@ pub fn parse_file(display: &str, text: &str) -> FileResult {
             match serde_yaml::from_str(&doc) {
                 Ok(v) => v,
                 Err(e) => {
+                    // serde_yaml counts lines from the document's start.
                     let line = e.location().map_or(start, |l| start + l.line() - 1);
-                    errors.push(err(line, e.to_string()));
+                    errors.push(err(line, shift_line_numbers(&e.to_string(), start - 1)));
                     continue;
                 }
             }
@@ -94,6 +69,26 @@ pub fn parse_file(display: &str, text: &str) -> FileResult {
         }
     }
     if errors.is_empty() { Ok(objects) } else { Err(errors) }
+}
+
+/// Rewrites every `line N` in a message to `line N+offset`, so positions
+/// inside a document's message (`at line 3 column 5, while parsing a flow
+/// sequence at line 3 column 1`) are file lines too.
+fn shift_line_numbers(message: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("line ") {
+        let (before, after) = rest.split_at(at + "line ".len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Lines before the first line with content, so a location points at the object.
@@ -119,38 +114,6 @@ fn split_yaml(text: &str) -> Vec<(usize, String)> {
     }
     docs.push((start, current));
     docs
-}
-
-/// Parse results by file and content hash, so a rescan re-parses (and
-/// re-transcodes) only the files whose bytes changed: per-change work
-/// follows the change, not the size of the tree.
-#[derive(Default)]
-pub struct ParseCache {
-    files: BTreeMap<String, (u128, FileResult)>,
-}
-
-/// Reads every file below `root`. Returns per-file results in path order;
-/// an unreadable root is an error (the caller marks the source down).
-pub fn read_tree(root: &Path, cache: &mut ParseCache) -> std::io::Result<BTreeMap<String, FileResult>> {
-    let mut out = BTreeMap::new();
-    let mut fresh = BTreeMap::new();
-    for (rel, path) in list_files(root)? {
-        let result = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let hash = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
-                let result = match cache.files.remove(&rel) {
-                    Some((cached, result)) if cached == hash => result,
-                    _ => parse_file(&rel, &text),
-                };
-                fresh.insert(rel.clone(), (hash, result.clone()));
-                result
-            }
-            Err(e) => Err(vec![FileError { path: rel.clone(), line: 0, message: format!("cannot read: {e}") }]),
-        };
-        out.insert(rel, result);
-    }
-    cache.files = fresh;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -180,19 +143,31 @@ mod tests {
     }
 
     #[test]
-    fn a_rescan_reuses_results_of_unchanged_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
-        let mut cache = ParseCache::default();
-        let first = read_tree(dir.path(), &mut cache).unwrap();
-        let again = read_tree(dir.path(), &mut cache).unwrap();
-        assert_eq!(first, again);
-        std::fs::write(dir.path().join("a.yaml"), GOOD.replace("hosts: [a]", "hosts: [b]")).unwrap();
-        let changed = read_tree(dir.path(), &mut cache).unwrap();
-        assert_ne!(changed, first, "a changed file is parsed again");
-        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
-        assert!(read_tree(dir.path(), &mut cache).unwrap().is_empty());
-        assert!(cache.files.is_empty(), "entries of deleted files are dropped");
+    fn errors_in_later_documents_give_file_lines_in_position_and_message() {
+        // Third document starts at file line 10; its broken flow sequence is on file line 13.
+        let text = format!(
+            "{GOOD}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{ hosts: [b }}\n"
+        );
+        let errs = parse_file("m.yaml", &text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 17, "{}", errs[0]);
+        assert!(errs[0].message.contains("line 17"), "the message names file lines too: {}", errs[0]);
+        assert!(!errs[0].message.contains("line 4 "), "no document-relative line: {}", errs[0]);
+        // A validation error in the third document: the file line of its first key.
+        let invalid = format!(
+            "{GOOD}---\n# c\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{}}\n"
+        );
+        let errs = parse_file("m.yaml", &invalid).unwrap_err();
+        assert_eq!(errs[0].to_string(), "m.yaml:15: spec.hosts is required");
+    }
+
+    #[test]
+    fn shifting_line_numbers_rewrites_each_one() {
+        assert_eq!(
+            shift_line_numbers("x at line 3 column 5, while parsing at line 1 column 2", 10),
+            "x at line 13 column 5, while parsing at line 11 column 2"
+        );
+        assert_eq!(shift_line_numbers("no lines here; line x", 4), "no lines here; line x");
     }
 
     #[test]
