@@ -155,7 +155,8 @@ impl Driver {
 
     async fn scan(&mut self) {
         let full_check = self.last_full_check.is_none_or(|at| at.elapsed() >= self.cfg.full_check);
-        let opts = scan::ScanOptions { max_file_bytes: self.cfg.max_file_bytes, full_check };
+        let opts =
+            scan::ScanOptions { max_file_bytes: self.cfg.max_file_bytes, full_check, limits: *self.hub.limits() };
         let (root, mut cache) = (self.cfg.root.clone(), std::mem::take(&mut self.cache));
         let scanned = tokio::task::spawn_blocking(move || {
             let tree = scan::read_tree(&root, &mut cache, opts);
@@ -347,7 +348,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
             }
         } else {
             let display = path.display().to_string();
-            let result = scan::read_file(path, &display, scan::DEFAULT_MAX_FILE_BYTES);
+            let result = scan::read_file(path, &display, &scan::ScanOptions::default());
             files.insert(display, result);
         }
     }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use keelson_hub::object::{ValidObject, parse_object};
+use keelson_hub::object::{Limits, ValidObject, parse_object_within};
 
 /// An object read from a file, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl fmt::Display for FileError {
 pub type FileResult = Result<Vec<FileObject>, Vec<FileError>>;
 
 /// Parses one file's text. `display` is how errors and locations name it.
-pub fn parse_file(display: &str, text: &str) -> FileResult {
+pub fn parse_file(display: &str, text: &str, limits: &Limits) -> FileResult {
     let is_json = display.ends_with(".json");
     let docs = if is_json { vec![(1, text.to_string())] } else { split_yaml(text) };
     let mut objects = Vec::new();
@@ -61,7 +61,7 @@ pub fn parse_file(display: &str, text: &str) -> FileResult {
         if value.is_null() {
             continue; // an empty document: comments only
         }
-        match parse_object(&value) {
+        match parse_object_within(&value, limits) {
             Ok(object) => {
                 objects.push(FileObject { object, location: format!("{display}:{}", start + leading_blank(&doc)) })
             }
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn multi_document_yaml_gives_objects_with_their_lines() {
-        let objs = parse_file("dir/a.yaml", GOOD).unwrap();
+        let objs = parse_file("dir/a.yaml", GOOD, &Limits::default()).unwrap();
         assert_eq!(objs.len(), 2);
         assert_eq!(objs[0].location, "dir/a.yaml:2");
         assert_eq!(objs[1].location, "dir/a.yaml:9");
@@ -134,11 +134,11 @@ mod tests {
     #[test]
     fn syntax_and_validation_errors_name_file_and_line() {
         let broken = GOOD.replace("spec: { hosts: [a] }", "spec: { hosts: [a }");
-        let errs = parse_file("a.yaml", &broken).unwrap_err();
+        let errs = parse_file("a.yaml", &broken, &Limits::default()).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 12, "{}", errs[0]);
         let invalid = GOOD.replace("spec: { hosts: [a] }", "spec: { gateways: [g] }");
-        let errs = parse_file("a.yaml", &invalid).unwrap_err();
+        let errs = parse_file("a.yaml", &invalid, &Limits::default()).unwrap_err();
         assert_eq!(errs[0].to_string(), "a.yaml:9: spec.hosts is required");
     }
 
@@ -148,7 +148,7 @@ mod tests {
         let text = format!(
             "{GOOD}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{ hosts: [b }}\n"
         );
-        let errs = parse_file("m.yaml", &text).unwrap_err();
+        let errs = parse_file("m.yaml", &text, &Limits::default()).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 17, "{}", errs[0]);
         assert!(errs[0].message.contains("line 17"), "the message names file lines too: {}", errs[0]);
@@ -157,7 +157,7 @@ mod tests {
         let invalid = format!(
             "{GOOD}---\n# c\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: b }}\nspec: {{}}\n"
         );
-        let errs = parse_file("m.yaml", &invalid).unwrap_err();
+        let errs = parse_file("m.yaml", &invalid, &Limits::default()).unwrap_err();
         assert_eq!(errs[0].to_string(), "m.yaml:15: spec.hosts is required");
     }
 
@@ -172,10 +172,14 @@ mod tests {
 
     #[test]
     fn json_files_parse_too() {
-        let objs = parse_file("c.json", r#"{"apiVersion":"xds.keelson.dev/v1","kind":"Cluster","spec":{"name":"c"}}"#)
-            .unwrap();
+        let objs = parse_file(
+            "c.json",
+            r#"{"apiVersion":"xds.keelson.dev/v1","kind":"Cluster","spec":{"name":"c"}}"#,
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(objs[0].object.key.name, "c");
-        let errs = parse_file("c.json", "{\n  \"kind\": \n}").unwrap_err();
+        let errs = parse_file("c.json", "{\n  \"kind\": \n}", &Limits::default()).unwrap_err();
         assert_eq!(errs[0].line, 3);
     }
 }

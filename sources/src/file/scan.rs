@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::parse::{FileError, FileResult, parse_file};
+use keelson_hub::object::Limits;
 
 /// Default `[file] max_file_bytes`: far above any sane config file, low
 /// enough that a stray log or dump in the tree cannot exhaust memory.
@@ -64,11 +65,13 @@ pub struct ScanOptions {
     pub max_file_bytes: u64,
     /// Read every file, trusting no stat.
     pub full_check: bool,
+    /// What every object is validated against (the hub's `[limits]`).
+    pub limits: Limits,
 }
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES, full_check: true }
+        ScanOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES, full_check: true, limits: Limits::default() }
     }
 }
 
@@ -167,14 +170,15 @@ fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
 }
 
 /// Reads one file outside a tree (`keelson validate FILE`), with the same limit.
-pub fn read_file(path: &Path, display: &str, max_file_bytes: u64) -> FileResult {
+pub fn read_file(path: &Path, display: &str, opts: &ScanOptions) -> FileResult {
+    let max_file_bytes = opts.max_file_bytes;
     let size = std::fs::metadata(path)
         .map_err(|e| vec![FileError { path: display.to_string(), line: 0, message: format!("cannot read: {e}") }])?;
     if size.len() > max_file_bytes {
         return path_error(display.to_string(), too_big(size.len(), max_file_bytes));
     }
     match read_bounded(path, max_file_bytes) {
-        Ok(text) => parse_file(display, &text),
+        Ok(text) => parse_file(display, &text, &opts.limits),
         Err(message) => path_error(display.to_string(), message),
     }
 }
@@ -208,7 +212,7 @@ pub fn read_tree(root: &Path, cache: &mut TreeCache, opts: ScanOptions) -> std::
                 let hash = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
                 let result = match previous {
                     Some(c) if c.hash == Some(hash) => c.result,
-                    _ => parse_file(&rel, &text),
+                    _ => parse_file(&rel, &text, &opts.limits),
                 };
                 let trusted = meta.modified().is_ok_and(|m| m + RACY_WINDOW < started);
                 fresh.insert(rel.clone(), Cached { stat, trusted, hash: Some(hash), result: result.clone() });
@@ -233,7 +237,11 @@ mod tests {
     const VS: &str =
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: NAME }\nspec: { hosts: [NAME] }\n";
 
-    const RESCAN: ScanOptions = ScanOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES, full_check: false };
+    const RESCAN: ScanOptions = ScanOptions {
+        max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        full_check: false,
+        limits: Limits { max_resource_bytes: Limits::DEFAULT_MAX_RESOURCE_BYTES },
+    };
 
     /// Writes a file with an mtime well outside the racy window, so its stat is trusted.
     fn write_old(path: &Path, text: &str, age_secs: u64) {
@@ -309,7 +317,7 @@ mod tests {
     fn a_file_above_the_size_limit_is_an_error_and_not_read() {
         let dir = tempfile::tempdir().unwrap();
         write_old(&dir.path().join("big.yaml"), &format!("# {}\n{}", "x".repeat(100), VS.replace("NAME", "a")), 3600);
-        let opts = ScanOptions { max_file_bytes: 64, full_check: true };
+        let opts = ScanOptions { max_file_bytes: 64, full_check: true, limits: Limits::default() };
         let tree = read_tree(dir.path(), &mut TreeCache::default(), opts).unwrap();
         let size = std::fs::metadata(dir.path().join("big.yaml")).unwrap().len();
         let errs = tree.files["big.yaml"].clone().unwrap_err();
@@ -319,7 +327,7 @@ mod tests {
         let err = read_bounded(&dir.path().join("big.yaml"), 64).unwrap_err();
         assert_eq!(err, "file is more than 64 bytes, above [file] max_file_bytes = 64");
         assert_eq!(
-            read_file(&dir.path().join("big.yaml"), "big.yaml", 64).unwrap_err()[0].message,
+            read_file(&dir.path().join("big.yaml"), "big.yaml", &opts).unwrap_err()[0].message,
             format!("file is {size} bytes, above [file] max_file_bytes = 64")
         );
     }
