@@ -73,23 +73,21 @@ fn label_chars(s: &str, first_alpha: bool) -> Result<(), String> {
 }
 
 fn dns1123_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("it is empty".into());
-    }
-    if s.len() > MAX_LABEL_BYTES {
-        return Err(too_long(s.len(), MAX_LABEL_BYTES));
-    }
-    label_chars(s, false).map_err(|why| format!("{why} (a DNS-1123 label)"))
+    label(s, false, "a DNS-1123 label")
 }
 
 fn dns1035_label(s: &str) -> Result<(), String> {
+    label(s, true, "a DNS-1035 label, as Kubernetes requires of a Service")
+}
+
+fn label(s: &str, first_alpha: bool, rule: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
     if s.len() > MAX_LABEL_BYTES {
         return Err(too_long(s.len(), MAX_LABEL_BYTES));
     }
-    label_chars(s, true).map_err(|why| format!("{why} (a DNS-1035 label, as Kubernetes requires of a Service)"))
+    label_chars(s, first_alpha).map_err(|why| format!("{why} ({rule})"))
 }
 
 fn dns1123_subdomain(s: &str) -> Result<(), String> {
