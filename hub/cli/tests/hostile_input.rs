@@ -198,3 +198,17 @@ fn times_work_through_the_admin_api_and_long_logs_page() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a seq nor an RFC 3339 time"));
     s.sigterm();
 }
+
+#[test]
+fn validate_names_an_unreadable_entry_by_path_and_checks_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), vs_yaml("default", "good")).unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), vs_yaml("default", "Bad_Name")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere.yaml"), dir.path().join("gone.yaml")).unwrap();
+    let out = keelson(&["validate", dir.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("gone.yaml:0: "), "{text}");
+    assert!(text.contains("bad.yaml:1: name \"Bad_Name\" is invalid"), "the other files were still checked: {text}");
+    assert!(!text.contains("good.yaml"), "{text}");
+}
