@@ -47,6 +47,18 @@ struct XdsFile {
     requests_per_stream_per_second: Option<u32>,
     /// Largest xDS message in or out, bytes (default 64 MiB).
     max_message_bytes: Option<usize>,
+    /// NACK records appended to the log per second, over all streams (default 50; 0 = unlimited).
+    nacks_logged_per_second: Option<u32>,
+    /// NACK records one stream may cause per second (default 1, burst 5; 0 = unlimited).
+    nacks_logged_per_stream_per_second: Option<u32>,
+    /// Open xDS connections at most (default: the open-file limit minus 1024).
+    max_connections: Option<usize>,
+    /// Close a connection that opens no stream within this (default "10s").
+    handshake_timeout: Option<String>,
+    /// HTTP/2 PING interval (default "30s").
+    keepalive_interval: Option<String>,
+    /// Drop a connection whose PING is not answered within this (default "10s").
+    keepalive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +202,27 @@ impl ServeConfig {
                 bail!("xds.max_message_bytes = {n} is too small (at least 1024)");
             }
             xds.max_message_bytes = n;
+        }
+        if let Some(n) = cf.xds.nacks_logged_per_second {
+            xds.nack_limits.global_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.nacks_logged_per_stream_per_second {
+            xds.nack_limits.per_stream_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.max_connections {
+            if n == 0 {
+                bail!("xds.max_connections = 0 would refuse every proxy");
+            }
+            xds.max_connections = Some(n);
+        }
+        xds.handshake_timeout =
+            duration_or("xds.handshake_timeout", cf.xds.handshake_timeout.as_deref(), xds.handshake_timeout)?;
+        xds.keepalive_interval =
+            duration_or("xds.keepalive_interval", cf.xds.keepalive_interval.as_deref(), xds.keepalive_interval)?;
+        xds.keepalive_timeout =
+            duration_or("xds.keepalive_timeout", cf.xds.keepalive_timeout.as_deref(), xds.keepalive_timeout)?;
+        if xds.handshake_timeout.is_zero() || xds.keepalive_interval.is_zero() || xds.keepalive_timeout.is_zero() {
+            bail!("xds.handshake_timeout, keepalive_interval and keepalive_timeout must be above zero");
         }
         Ok(ServeConfig {
             xds,
