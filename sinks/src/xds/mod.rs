@@ -28,6 +28,6 @@ pub mod generated {
     include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.AggregatedDiscoveryService.rs"));
 }
 
-pub use server::{AdsServer, SHUTDOWN_GRACE, XdsConfig, serve};
 pub use nack::NackLimits;
+pub use server::{AdsServer, SHUTDOWN_GRACE, XdsConfig, serve};
 pub use session::{GroupKey, NackRecord};

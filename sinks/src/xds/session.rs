@@ -197,7 +197,12 @@ impl Session {
             Verdict::GlobalRate => "global_rate",
             Verdict::Append => {
                 tracing::warn!(%node, type_url, version, "NACK: {text}");
-                let record = NackRecord { node: clip(node), type_url: clip(type_url), version: version.to_string(), error: text };
+                let record = NackRecord {
+                    node: clip(node),
+                    type_url: clip(type_url),
+                    version: version.to_string(),
+                    error: text,
+                };
                 if shared.nacks.try_send(record).is_ok() {
                     return;
                 }

@@ -208,7 +208,10 @@ impl Sotw {
 
     /// Asserts the stream ends (status OK) within the deadline.
     pub async fn recv_end(&mut self) {
-        match tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx)).await.expect("ended within deadline") {
+        match tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
+            .await
+            .expect("ended within deadline")
+        {
             None => {}
             Some(Ok(out)) => panic!("expected the end, got {:?}", DiscoveryResponse::decode(encode(&out).as_slice())),
             Some(Err(status)) => panic!("expected the end (OK), got {status:?}"),
