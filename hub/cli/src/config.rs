@@ -295,4 +295,24 @@ mod tests {
         assert!(err.contains("retention.max_age"), "{err}");
         assert!(SourceSpec::parse("ftp:x", Path::new("")).is_err());
     }
+
+    #[test]
+    fn xds_connection_and_nack_limits_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keelson.toml");
+        std::fs::write(
+            &path,
+            "[xds]\nmax_connections = 100\nhandshake_timeout = \"3s\"\nkeepalive_interval = \"20s\"\n\
+             keepalive_timeout = \"5s\"\nnacks_logged_per_second = 0\nnacks_logged_per_stream_per_second = 2\n",
+        )
+        .unwrap();
+        let xds = ServeConfig::load(Some(&path), Overrides::default()).unwrap().xds;
+        assert_eq!(xds.max_connections, Some(100));
+        assert_eq!((xds.handshake_timeout, xds.keepalive_interval), (Duration::from_secs(3), Duration::from_secs(20)));
+        assert_eq!(xds.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(xds.nack_limits.global_per_second, None, "0 = unlimited");
+        assert_eq!(xds.nack_limits.per_stream_per_second.map(|n| n.get()), Some(2));
+        std::fs::write(&path, "[xds]\nhandshake_timeout = \"0s\"\n").unwrap();
+        assert!(ServeConfig::load(Some(&path), Overrides::default()).is_err());
+    }
 }
