@@ -144,3 +144,54 @@ async fn connections_over_the_cap_are_refused_and_counted() {
     };
     assert_eq!(names(&next(&mut stream).await), ["a"]);
 }
+
+/// Forwards one connection to `upstream` until `freeze`; then stops reading
+/// and writing both sides but keeps them open: a peer that died without a
+/// FIN (power loss, a dropped route). Returns the frozen sockets.
+async fn freezing_proxy(
+    upstream: std::net::SocketAddr,
+    freeze: tokio::sync::oneshot::Receiver<()>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<(TcpStream, TcpStream)>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut server = TcpStream::connect(upstream).await.unwrap();
+        let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+        tokio::pin!(freeze);
+        loop {
+            tokio::select! {
+                _ = &mut freeze => return (client, server),
+                n = client.read(&mut up) => match n {
+                    Ok(n) if n > 0 => server.write_all(&up[..n]).await.unwrap(),
+                    _ => return (client, server),
+                },
+                n = server.read(&mut down) => match n {
+                    Ok(n) if n > 0 => client.write_all(&down[..n]).await.unwrap(),
+                    _ => return (client, server),
+                },
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_dead_peer_is_dropped_by_keepalive() {
+    let cfg = XdsConfig {
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(300),
+        ..XdsConfig::default()
+    };
+    let (addr, _config, shared) = start(cfg).await;
+    let (freeze, frozen) = tokio::sync::oneshot::channel();
+    let (proxy, proxying) = freezing_proxy(addr, frozen).await;
+    let mut stream = open_stream(proxy, "doomed").await.unwrap();
+    assert_eq!(names(&next(&mut stream).await), ["a"]);
+    freeze.send(()).unwrap();
+    let (_client_side, server_side) = proxying.await.unwrap();
+    // Nobody answers the server's PINGs now; it must close the connection
+    // (the default 30 s + 10 s would not fit in the deadline).
+    closed_by_server(server_side).await;
+    wait_until("the stream's ledger record is gone", || shared.ledger.is_empty()).await;
+}
