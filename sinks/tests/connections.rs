@@ -110,6 +110,8 @@ async fn a_healthy_idle_stream_outlives_the_handshake_timeout_and_gets_pushes() 
     let (addr, mut config, shared) = start(cfg).await;
     let mut stream = open_stream(addr, "idle").await.unwrap();
     assert_eq!(names(&next(&mut stream).await), ["a"]);
+    let peer = shared.ledger.records()[0].peer.clone();
+    assert!(peer.starts_with("127.0.0.1:"), "the ledger still knows the peer: {peer:?}");
     // Idle for several handshake timeouts and keepalive rounds: there is
     // no event to wait for, the point is that nothing happens.
     tokio::time::sleep(Duration::from_millis(1000)).await;
