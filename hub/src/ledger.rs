@@ -47,6 +47,8 @@ pub struct TypeRecord {
     #[serde(serialize_with = "opt_string")]
     pub nacked_version: Option<u64>,
     pub error: Option<String>,
+    /// How many more times the last NACK (same version, same error) came.
+    pub nack_repeats: u64,
     /// Does the last NACK answer the last response sent?
     #[serde(skip)]
     last_response_nacked: bool,
@@ -129,9 +131,15 @@ impl ProxyRecord {
     /// A NACK of the response with `nonce`, which carried `version`.
     pub fn nacked(&mut self, type_url: &str, short: &str, version: u64, nonce: u64, error: &str) {
         let t = self.type_mut(type_url, short);
-        t.nacked_version = Some(version);
         // Envoy ends its messages with a newline; tables want one line.
-        t.error = Some(error.trim_end().to_string());
+        let error = error.trim_end();
+        if t.nacked_version == Some(version) && t.error.as_deref() == Some(error) {
+            t.nack_repeats += 1;
+        } else {
+            t.nacked_version = Some(version);
+            t.error = Some(error.to_string());
+            t.nack_repeats = 0;
+        }
         t.last_response_nacked = t.sent_nonce == Some(nonce);
     }
 }
@@ -229,6 +237,11 @@ mod tests {
         entry.lock().nacked(CDS, "CDS", 7, 2, "bad cluster");
         assert_eq!(status(), SyncStatus::Nacked);
         assert_eq!(entry.lock().types[CDS].acked_version, Some(5), "a NACK keeps the last ACK");
+        entry.lock().nacked(CDS, "CDS", 7, 2, "bad cluster\n");
+        entry.lock().nacked(CDS, "CDS", 7, 2, "bad cluster");
+        assert_eq!(entry.lock().types[CDS].nack_repeats, 2, "the same NACK again is a repeat");
+        entry.lock().nacked(CDS, "CDS", 7, 2, "worse cluster");
+        assert_eq!(entry.lock().types[CDS].nack_repeats, 0, "another error is a new NACK");
         entry.lock().sent(CDS, "CDS", 9, 3);
         entry.lock().acked(CDS, "CDS", 9, 3);
         assert_eq!(status(), SyncStatus::Synced);

@@ -24,6 +24,34 @@ async fn first_wildcard_request_is_answered_at_once_even_if_empty() {
     assert!(!r.nonce.is_empty());
 }
 
+/// Issue 9, item 8: a client that half-closes right after its first request
+/// still gets the answer, then the stream ends with OK. The request and the
+/// end of the request stream arrive together here, every time.
+#[tokio::test]
+async fn a_half_closed_stream_gets_its_answer_then_ends() {
+    let (mut cfg, rx) = Config::new();
+    cfg.upsert(cluster("a"));
+    cfg.publish();
+    let (server, _, _) = server(rx, XdsConfig::default());
+    for i in 0..50 {
+        let mut s = Sotw::open(&server, node(&format!("p{i}"), "c"));
+        s.request(CDS, &[], "", "");
+        s.half_close();
+        assert_eq!(names(&s.recv().await), ["a"], "iteration {i}");
+        s.recv_end().await;
+    }
+    // Half-closed before the first snapshot: that snapshot answers it.
+    let (mut cfg, rx) = Config::new();
+    let (late, _, _) = support::server(rx, XdsConfig::default());
+    let mut s = Sotw::open(&late, node("early", "c"));
+    s.request(CDS, &[], "", "");
+    s.half_close();
+    cfg.upsert(cluster("b"));
+    cfg.publish();
+    assert_eq!(names(&s.recv().await), ["b"]);
+    s.recv_end().await;
+}
+
 #[tokio::test]
 async fn first_request_of_a_type_is_a_new_subscription_whatever_its_nonce() {
     let (mut cfg, rx) = Config::new();

@@ -232,3 +232,21 @@ async fn shutdown_does_not_wait_forever_for_a_proxy_that_stopped_reading() {
     assert!(served.unwrap().is_ok());
     assert!(began.elapsed() < grace + WAIT);
 }
+
+/// Issue 9, item 8, over real HTTP/2: the request stream ends right after
+/// the first request; the answer still comes, then the stream ends with OK.
+#[tokio::test]
+async fn a_half_closed_stream_is_answered_before_it_ends() {
+    let (url, _config) = start(XdsConfig::default()).await;
+    let ch = channel(&url).await;
+    for i in 0..40 {
+        let mut client = AggregatedDiscoveryServiceClient::new(ch.clone());
+        let requests = tokio_stream::iter([cds_request(&format!("p{i}"))]);
+        let mut stream = client.stream_aggregated_resources(requests).await.unwrap().into_inner();
+        let first = tokio::time::timeout(WAIT, stream.next()).await.expect("within deadline");
+        let first = first.expect("a response before the end").expect("a response, not an error");
+        assert_eq!(names(&first), ["a"], "iteration {i}");
+        let end = tokio::time::timeout(WAIT, stream.next()).await.expect("within deadline");
+        assert!(end.is_none(), "then the stream ends with OK: {end:?}");
+    }
+}

@@ -67,6 +67,18 @@ struct XdsFile {
     requests_per_stream_per_second: Option<u32>,
     /// Largest xDS message in or out, bytes (default 64 MiB).
     max_message_bytes: Option<usize>,
+    /// NACK records appended to the log per second, over all streams (default 50; 0 = unlimited).
+    nacks_logged_per_second: Option<u32>,
+    /// NACK records one stream may cause per second (default 1, burst 5; 0 = unlimited).
+    nacks_logged_per_stream_per_second: Option<u32>,
+    /// Open xDS connections at most (default: the open-file limit minus 1024).
+    max_connections: Option<usize>,
+    /// Close a connection that opens no stream within this (default "10s").
+    handshake_timeout: Option<String>,
+    /// HTTP/2 PING interval (default "30s").
+    keepalive_interval: Option<String>,
+    /// Drop a connection whose PING is not answered within this (default "10s").
+    keepalive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +253,27 @@ impl ServeConfig {
         if cf.file.max_file_bytes == Some(0) {
             bail!("file.max_file_bytes must be at least 1");
         }
+        if let Some(n) = cf.xds.nacks_logged_per_second {
+            xds.nack_limits.global_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.nacks_logged_per_stream_per_second {
+            xds.nack_limits.per_stream_per_second = std::num::NonZeroU32::new(n);
+        }
+        if let Some(n) = cf.xds.max_connections {
+            if n == 0 {
+                bail!("xds.max_connections = 0 would refuse every proxy");
+            }
+            xds.max_connections = Some(n);
+        }
+        xds.handshake_timeout =
+            duration_or("xds.handshake_timeout", cf.xds.handshake_timeout.as_deref(), xds.handshake_timeout)?;
+        xds.keepalive_interval =
+            duration_or("xds.keepalive_interval", cf.xds.keepalive_interval.as_deref(), xds.keepalive_interval)?;
+        xds.keepalive_timeout =
+            duration_or("xds.keepalive_timeout", cf.xds.keepalive_timeout.as_deref(), xds.keepalive_timeout)?;
+        if xds.handshake_timeout.is_zero() || xds.keepalive_interval.is_zero() || xds.keepalive_timeout.is_zero() {
+            bail!("xds.handshake_timeout, keepalive_interval and keepalive_timeout must be above zero");
+        }
         Ok(ServeConfig {
             xds,
             limits,
@@ -329,5 +362,25 @@ mod tests {
         let err = format!("{:#}", ServeConfig::load(Some(&path), Overrides::default()).unwrap_err());
         assert!(err.contains("retention.max_age"), "{err}");
         assert!(SourceSpec::parse("ftp:x", Path::new("")).is_err());
+    }
+
+    #[test]
+    fn xds_connection_and_nack_limits_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keelson.toml");
+        std::fs::write(
+            &path,
+            "[xds]\nmax_connections = 100\nhandshake_timeout = \"3s\"\nkeepalive_interval = \"20s\"\n\
+             keepalive_timeout = \"5s\"\nnacks_logged_per_second = 0\nnacks_logged_per_stream_per_second = 2\n",
+        )
+        .unwrap();
+        let xds = ServeConfig::load(Some(&path), Overrides::default()).unwrap().xds;
+        assert_eq!(xds.max_connections, Some(100));
+        assert_eq!((xds.handshake_timeout, xds.keepalive_interval), (Duration::from_secs(3), Duration::from_secs(20)));
+        assert_eq!(xds.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(xds.nack_limits.global_per_second, None, "0 = unlimited");
+        assert_eq!(xds.nack_limits.per_stream_per_second.map(|n| n.get()), Some(2));
+        std::fs::write(&path, "[xds]\nhandshake_timeout = \"0s\"\n").unwrap();
+        assert!(ServeConfig::load(Some(&path), Overrides::default()).is_err());
     }
 }

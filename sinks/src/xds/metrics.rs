@@ -42,7 +42,16 @@ pub struct XdsMetrics {
     pub convergence: Family<TypeLabel, Histogram, fn() -> Histogram>,
     pub rejected: Family<RejectLabel, Counter>,
     pub stale_requests: Counter,
-    pub nacks_dropped: Counter,
+    /// NACKs not appended because the log queue was full.
+    pub nacks_unlogged: Counter,
+    /// NACKs not appended, by reason (stream_rate, global_rate, queue_full).
+    pub nacks_dropped: Family<RejectLabel, Counter>,
+    /// NACKs not appended because the same one is already in the log.
+    pub nack_repeats: Counter,
+    /// Connections closed at accept because `max_connections` were open.
+    pub connections_refused: Counter,
+    /// Connections closed because they opened no stream in time.
+    pub connections_timed_out: Counter,
     /// Delta wildcard diffs from a snapshot's change set (cheap) and over
     /// the whole kind (after a stream missed a snapshot, or first time).
     pub delta_change_set_diffs: Counter,
@@ -60,7 +69,11 @@ impl Default for XdsMetrics {
             convergence: Family::new_with_constructor(convergence_histogram),
             rejected: Family::default(),
             stale_requests: Counter::default(),
-            nacks_dropped: Counter::default(),
+            nacks_unlogged: Counter::default(),
+            nacks_dropped: Family::default(),
+            nack_repeats: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Counter::default(),
             delta_change_set_diffs: Counter::default(),
             delta_full_diffs: Counter::default(),
         }
@@ -89,7 +102,27 @@ impl XdsMetrics {
         r.register(
             "keelson_xds_nacks_unlogged",
             "NACKs not appended to the log (queue full)",
+            self.nacks_unlogged.clone(),
+        );
+        r.register(
+            "keelson_xds_nacks_dropped",
+            "NACKs not appended to the log, by reason (rate limits, queue full)",
             self.nacks_dropped.clone(),
+        );
+        r.register(
+            "keelson_xds_nack_repeats",
+            "NACKs not appended because the same NACK is already logged",
+            self.nack_repeats.clone(),
+        );
+        r.register(
+            "keelson_xds_connections_refused",
+            "Connections closed at once because max_connections were open",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "keelson_xds_connections_timed_out",
+            "Connections closed because they opened no stream within handshake_timeout",
+            self.connections_timed_out.clone(),
         );
     }
 
@@ -106,6 +139,10 @@ impl XdsMetrics {
 
     pub fn nacked(&self, type_url: &str) {
         self.nacks.get_or_create(&label(type_url)).inc();
+    }
+
+    pub fn nack_dropped(&self, reason: &str) {
+        self.nacks_dropped.get_or_create(&RejectLabel { reason: reason.into() }).inc();
     }
 
     pub fn reject(&self, reason: &str) {

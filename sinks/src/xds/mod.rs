@@ -6,11 +6,15 @@
 //! * [`cache`]: serialized-once response bodies.
 //! * [`wire`]: the codec writing shared bytes.
 //! * [`session`]: node identity, ACK/NACK bookkeeping.
+//! * [`nack`]: which NACKs reach the log (dedupe, truncation, rate limits).
+//! * [`conn`]: accepted connections: cap and handshake deadline.
 //! * [`server`]: tonic glue, limits, health and reflection.
 
 pub mod cache;
+pub mod conn;
 pub mod delta;
 pub mod metrics;
+pub mod nack;
 pub mod server;
 pub mod session;
 pub mod sotw;
@@ -24,5 +28,6 @@ pub mod generated {
     include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.AggregatedDiscoveryService.rs"));
 }
 
+pub use nack::NackLimits;
 pub use server::{AdsServer, SHUTDOWN_GRACE, XdsConfig, serve};
 pub use session::{GroupKey, NackRecord};

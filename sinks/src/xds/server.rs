@@ -4,17 +4,19 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keelson_hub::{AckLedger, Snapshot};
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::ResponseCache;
+use super::conn::{ConnInfo, ConnLimits, accept_loop, default_max_connections};
 use super::delta::DeltaMachine;
 use super::metrics::{StreamLabel, XdsMetrics};
+use super::nack::{NackGate, NackLimits};
 use super::session::{GroupKey, NackRecord, Session, Shared};
 use super::sotw::SotwMachine;
 use super::stream::{Machine, ResponseStream, StreamLimits, drive};
@@ -31,6 +33,17 @@ pub struct XdsConfig {
     pub requests_per_stream_per_second: Option<NonZeroU32>,
     /// Largest request or response message, bytes.
     pub max_message_bytes: usize,
+    /// Which NACKs reach the log, and how often (nack.rs).
+    pub nack_limits: NackLimits,
+    /// Open connections at most; None = the open-file limit minus
+    /// headroom, read when the server starts (conn.rs).
+    pub max_connections: Option<usize>,
+    /// A connection that opens no stream within this is closed.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 PING interval, and how long an answer may take before the
+    /// connection is dropped as dead.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for XdsConfig {
@@ -40,6 +53,11 @@ impl Default for XdsConfig {
             new_streams_per_second: NonZeroU32::new(2_000),
             requests_per_stream_per_second: NonZeroU32::new(100),
             max_message_bytes: 64 << 20,
+            nack_limits: NackLimits::default(),
+            max_connections: None,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -52,6 +70,8 @@ pub struct AdsServer {
     new_streams: Option<Arc<DefaultDirectRateLimiter>>,
     limits: StreamLimits,
     max_message_bytes: usize,
+    conn: ConnLimits,
+    keepalive: (Duration, Duration),
 }
 
 impl AdsServer {
@@ -70,6 +90,7 @@ impl AdsServer {
             cache: ResponseCache::default(),
             group_key: cfg.group_key.clone(),
             nacks,
+            nack_gate: NackGate::new(cfg.nack_limits),
             closing: watch::channel(false).0,
         });
         let server = AdsServer {
@@ -78,6 +99,11 @@ impl AdsServer {
             new_streams: cfg.new_streams_per_second.map(|n| Arc::new(RateLimiter::direct(Quota::per_second(n)))),
             limits: StreamLimits { requests_per_second: cfg.requests_per_stream_per_second },
             max_message_bytes: cfg.max_message_bytes,
+            conn: ConnLimits {
+                max_connections: cfg.max_connections.unwrap_or_else(default_max_connections),
+                handshake_timeout: cfg.handshake_timeout,
+            },
+            keepalive: (cfg.keepalive_interval, cfg.keepalive_timeout),
         };
         (server, nack_rx)
     }
@@ -124,7 +150,7 @@ impl AdsServer {
 }
 
 fn remote(req: &Request<impl Sized>) -> String {
-    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+    req.extensions().get::<ConnInfo>().and_then(|c| c.remote).map(|a| a.to_string()).unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -166,6 +192,9 @@ pub async fn serve(
     grace: std::time::Duration,
 ) -> Result<(), tonic::transport::Error> {
     let shared = ads.shared.clone();
+    let (conn_limits, (keepalive_interval, keepalive_timeout)) = (ads.conn, ads.keepalive);
+    tracing::info!(max_connections = conn_limits.max_connections, "xDS connection cap");
+    let incoming = accept_loop(listener, conn_limits, shared.metrics.clone());
     let mut closing = shared.closing.subscribe();
     let shutdown = async move {
         shutdown.await;
@@ -181,11 +210,19 @@ pub async fn serve(
         .build_v1()
         .expect("descriptor sets built at compile time are valid");
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(keepalive_interval))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
+        // Any request, on any service, lifts its connection's handshake deadline.
+        .layer(tonic::service::InterceptorLayer::new(|req: Request<()>| {
+            if let Some(conn) = req.extensions().get::<ConnInfo>() {
+                conn.stream_opened();
+            }
+            Ok(req)
+        }))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(accept_loop(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         served = server => served,
         _ = async {
@@ -196,34 +233,6 @@ pub async fn serve(
             Ok(())
         }
     }
-}
-
-/// Accepted connections. An accept error (EMFILE when the file limit is
-/// reached, a connection reset before accept) is logged and retried after a
-/// pause; fed to tonic directly, it would end the whole server.
-fn accept_loop(listener: tokio::net::TcpListener) -> ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = tx.closed() => return,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    if tx.send(Ok(stream)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("xDS accept failed (retrying in 100 ms): {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// The address a bound listener got (for logs and tests).

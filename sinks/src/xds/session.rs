@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::metrics::XdsMetrics;
+use super::nack::{Verdict, clip, summarize};
 use super::types::short_name;
 
 /// Which node field groups proxies (DESIGN.md §5).
@@ -70,6 +71,8 @@ pub struct Shared {
     /// Bounded: a NACK storm never queues without limit (dropped ones are
     /// counted and still shown by the ledger).
     pub nacks: mpsc::Sender<NackRecord>,
+    /// Which NACKs reach the log, and how often (dedupe and rate limits).
+    pub nack_gate: super::nack::NackGate,
     /// Set when the server stops: every stream ends (gRPC's graceful
     /// shutdown otherwise waits forever for ADS streams, which never end).
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -82,11 +85,15 @@ pub struct Session {
     next_nonce: u64,
     stream: &'static str,
     remote: String,
+    /// The dedupe key of the last NACK this stream logged.
+    last_nack: Option<u64>,
+    /// Made on the first NACK: most streams never send one.
+    nack_limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl Session {
     pub fn new(stream: &'static str, remote: String) -> Self {
-        Session { peer: None, ledger: None, next_nonce: 0, stream, remote }
+        Session { peer: None, ledger: None, next_nonce: 0, stream, remote, last_nack: None, nack_limiter: None }
     }
 
     /// Checks what every request must have: a node on the first one (later
@@ -166,18 +173,44 @@ impl Session {
         }
     }
 
-    pub fn nacked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, error: &str) {
+    /// A NACK: always counted and shown by the ledger; appended to the log
+    /// only the first time (per node, type, version and error) and within
+    /// the rate limits (nack.rs).
+    pub fn nacked(&mut self, shared: &Shared, type_url: &str, version: u64, nonce: u64, error: &str) {
         let short = short_name(type_url);
         shared.metrics.nacked(type_url);
-        let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
-        tracing::warn!(%node, type_url, version, "NACK: {error}");
+        let (text, error_hash) = summarize(error);
         if let Some(l) = &self.ledger {
-            l.lock().nacked(type_url, short, version, nonce, error);
+            l.lock().nacked(type_url, short, version, nonce, &text);
         }
-        let record = NackRecord { node, type_url: type_url.into(), version: version.to_string(), error: error.into() };
-        if shared.nacks.try_send(record).is_err() {
-            shared.metrics.nacks_dropped.inc();
+        let node = self.peer.as_ref().map(|p| p.id.as_str()).unwrap_or_default();
+        let key = super::nack::key(node, type_url, version, error_hash);
+        if self.nack_limiter.is_none() {
+            self.nack_limiter = shared.nack_gate.limits.stream_limiter();
         }
+        let reason = match shared.nack_gate.admit(key, &mut self.last_nack, self.nack_limiter.as_ref()) {
+            Verdict::Repeat => {
+                shared.metrics.nack_repeats.inc();
+                return;
+            }
+            Verdict::StreamRate => "stream_rate",
+            Verdict::GlobalRate => "global_rate",
+            Verdict::Append => {
+                tracing::warn!(%node, type_url, version, "NACK: {text}");
+                let record = NackRecord {
+                    node: clip(node),
+                    type_url: clip(type_url),
+                    version: version.to_string(),
+                    error: text,
+                };
+                if shared.nacks.try_send(record).is_ok() {
+                    return;
+                }
+                shared.metrics.nacks_unlogged.inc();
+                "queue_full"
+            }
+        };
+        shared.metrics.nack_dropped(reason);
     }
 }
 

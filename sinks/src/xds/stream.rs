@@ -68,13 +68,22 @@ pub async fn drive<M: Machine>(
     if *closing.borrow_and_update() {
         return end(Status::unavailable("the xDS server is shutting down")).await;
     }
+    // A client may half-close its request stream after its requests
+    // (gRPC allows it; a probe does it). What it asked for is still owed:
+    // the responses pending at that point go out, from the snapshot of the
+    // moment (or the first one, if none was published yet), then the stream
+    // ends with OK. It gets no later pushes: it could not ACK them.
+    let mut half_closed = false;
     loop {
         let ready = snap.is_some() && machine.has_pending();
+        if half_closed && snap.is_some() && !ready {
+            return;
+        }
         tokio::select! {
             // Requests first: a subscription change should shape the next push.
             biased;
-            req = requests.next() => match req {
-                None => return,
+            req = requests.next(), if !half_closed => match req {
+                None => half_closed = true,
                 Some(Err(status)) => {
                     // A body that does not decode is the client's fault.
                     let status = if status.code() == Code::Internal || status.code() == Code::Unknown {
@@ -97,10 +106,13 @@ pub async fn drive<M: Machine>(
                     }
                 }
             },
+            // Waiting on the first snapshot with nothing to read: notice a
+            // client that went away.
+            _ = tx.closed(), if half_closed => return,
             _ = closing.changed() => {
                 return end(Status::unavailable("the xDS server is shutting down")).await;
             }
-            changed = snapshots.changed() => {
+            changed = snapshots.changed(), if !(half_closed && snap.is_some()) => {
                 if changed.is_err() {
                     return end(Status::unavailable("the hub is shutting down")).await;
                 }

@@ -200,6 +200,24 @@ impl Sotw {
         self.tx.send(Ok(req)).expect("stream open");
     }
 
+    /// Ends the request stream (gRPC half-close); responses still flow.
+    pub fn half_close(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, closed));
+    }
+
+    /// Asserts the stream ends (status OK) within the deadline.
+    pub async fn recv_end(&mut self) {
+        match tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut self.rx))
+            .await
+            .expect("ended within deadline")
+        {
+            None => {}
+            Some(Ok(out)) => panic!("expected the end, got {:?}", DiscoveryResponse::decode(encode(&out).as_slice())),
+            Some(Err(status)) => panic!("expected the end (OK), got {status:?}"),
+        }
+    }
+
     pub fn send_err(&self, status: Status) {
         self.tx.send(Err(status)).expect("stream open");
     }
@@ -263,6 +281,15 @@ impl Sotw {
         if let Ok(Some(Ok(out))) = tokio::time::timeout(window, tokio_stream::StreamExt::next(&mut self.rx)).await {
             panic!("unexpected response: {:?}", DiscoveryResponse::decode(encode(&out).as_slice()));
         }
+    }
+}
+
+/// Polls `done` until it holds, within the deadline.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < end, "not within the deadline: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
