@@ -117,7 +117,10 @@ impl Body {
     /// Canonical form: compact JSON with object keys sorted (serde_json's
     /// default map is ordered), so equal objects give equal bytes.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        let json = serde_json::to_vec(value).expect("a JSON value always serializes");
+        let mut json = serde_json::to_vec(value).expect("a JSON value always serializes");
+        // The Vec grew by doubling; `Bytes::from` would keep its spare
+        // capacity alive as long as the body lives (up to 2x its size).
+        json.shrink_to_fit();
         Self::from_canonical(Bytes::from(json))
     }
 
