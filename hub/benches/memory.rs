@@ -159,16 +159,33 @@ fn main() {
         for (i, v) in objects.enumerate() {
             let o = parse_object(&v).unwrap();
             body_bytes += o.body.json().len();
-            let op = Op::Upsert { key: o.key, source_version: String::new(), body: o.body, location: format!("objects.yaml:{}", i * 12 + 1) };
-            state.apply(keelson_hub::Event { seq: i as u64 + 1, at: std::time::SystemTime::now(), origin: origin.clone(), op });
+            let op = Op::Upsert {
+                key: o.key,
+                source_version: String::new(),
+                body: o.body,
+                location: format!("objects.yaml:{}", i * 12 + 1),
+            };
+            state.apply(keelson_hub::Event {
+                seq: i as u64 + 1,
+                at: std::time::SystemTime::now(),
+                origin: origin.clone(),
+                op,
+            });
         }
         let snapshot = keelson_hub::Snapshot::of(&state);
         let n = services + slices;
         let live = LIVE.load(Ordering::Relaxed) - base;
-        println!("state + snapshot of {n} objects: live heap {:.1} MiB, bodies {:.1} MiB, overhead {:.2} KiB/object",
-            live as f64 / 1048576.0, body_bytes as f64 / 1048576.0, (live - body_bytes as i64) as f64 / n as f64 / 1024.0);
+        println!(
+            "state + snapshot of {n} objects: live heap {:.1} MiB, bodies {:.1} MiB, overhead {:.2} KiB/object",
+            live as f64 / 1048576.0,
+            body_bytes as f64 / 1048576.0,
+            (live - body_bytes as i64) as f64 / n as f64 / 1024.0
+        );
         drop((snapshot, state));
-        println!("after dropping them: live heap {:.1} MiB above the start", (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0);
+        println!(
+            "after dropping them: live heap {:.1} MiB above the start",
+            (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0
+        );
         return;
     }
     if std::env::var_os("KEELSON_BENCH_LOG_ONLY").is_some() {
@@ -189,8 +206,12 @@ fn main() {
             store.append(&origin, part).unwrap();
         }
         drop(ops);
-        println!("ops {:.1} MiB; after append: live heap {:.1} MiB above the empty log, RSS {:.1} MiB",
-            (before - base) as f64 / 1048576.0, (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0, rss_bytes() as f64 / 1048576.0);
+        println!(
+            "ops {:.1} MiB; after append: live heap {:.1} MiB above the empty log, RSS {:.1} MiB",
+            (before - base) as f64 / 1048576.0,
+            (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0,
+            rss_bytes() as f64 / 1048576.0
+        );
         return;
     }
     rt.block_on(async {

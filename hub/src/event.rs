@@ -232,6 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn bodies_hold_no_spare_capacity() {
+        // serde_json grows its output Vec by doubling; a body must not keep
+        // that slack alive for as long as the object lives.
+        let value =
+            serde_json::json!({ "spec": { "hosts": (0..40).map(|i| format!("host-{i}")).collect::<Vec<_>>() } });
+        let body = Body::from_value(&value);
+        let len = body.json().len();
+        let unique = body.json.clone();
+        drop(body);
+        let buf = unique.try_into_mut().expect("the only reference");
+        assert_eq!(buf.capacity(), len, "canonical body of {len} bytes allocated {}", buf.capacity());
+    }
+
+    #[test]
     fn bodies_are_canonical() {
         let a = Body::from_value(&serde_json::json!({"b": 1, "a": {"y": 2, "x": 1}}));
         let b = Body::from_value(&serde_json::from_str(r#"{ "a": {"x":1,"y":2}, "b":1 }"#).unwrap());
