@@ -117,7 +117,10 @@ impl Body {
     /// Canonical form: compact JSON with object keys sorted (serde_json's
     /// default map is ordered), so equal objects give equal bytes.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        let json = serde_json::to_vec(value).expect("a JSON value always serializes");
+        let mut json = serde_json::to_vec(value).expect("a JSON value always serializes");
+        // The Vec grew by doubling; `Bytes::from` would keep its spare
+        // capacity alive as long as the body lives (up to 2x its size).
+        json.shrink_to_fit();
         Self::from_canonical(Bytes::from(json))
     }
 
@@ -226,6 +229,20 @@ mod tests {
             let err = ResourceKey::parse(bad).unwrap_err();
             assert!(err.contains("expected group/kind/namespace/name"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn bodies_hold_no_spare_capacity() {
+        // serde_json grows its output Vec by doubling; a body must not keep
+        // that slack alive for as long as the object lives.
+        let value =
+            serde_json::json!({ "spec": { "hosts": (0..40).map(|i| format!("host-{i}")).collect::<Vec<_>>() } });
+        let body = Body::from_value(&value);
+        let len = body.json().len();
+        let unique = body.json.clone();
+        drop(body);
+        let buf = unique.try_into_mut().expect("the only reference");
+        assert_eq!(buf.capacity(), len, "canonical body of {len} bytes allocated {}", buf.capacity());
     }
 
     #[test]

@@ -89,3 +89,27 @@ impl Snapshot {
         self.resources.range(start..).take_while(move |(k, _)| k.group == group && k.kind == kind)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Body, Event, Op, SourceId, SourceKind};
+
+    #[test]
+    fn snapshots_share_entries_and_bodies_with_the_state() {
+        // One copy per object: a snapshot holds the state's entries, not copies of them.
+        let mut state = State::default();
+        let key = ResourceKey::new("", "Service", "default", "a");
+        let op = Op::Upsert {
+            key: key.clone(),
+            source_version: String::new(),
+            body: Body::from_value(&serde_json::json!({ "spec": { "ports": [{ "port": 80 }] } })),
+            location: String::new(),
+        };
+        state.apply(Event { seq: 1, at: SystemTime::UNIX_EPOCH, origin: SourceId::new(SourceKind::File, "f"), op });
+        let snapshot = Snapshot::of(&state);
+        let (in_state, in_snapshot) = (&state.resources[&key], &snapshot.resources[&key]);
+        assert!(Arc::ptr_eq(in_state, in_snapshot));
+        assert_eq!(in_state.body.json().as_ptr(), in_snapshot.body.json().as_ptr());
+    }
+}
