@@ -25,6 +25,7 @@ mod checkpoint;
 mod error;
 mod frame;
 mod group_commit;
+mod health;
 mod keys;
 mod retention;
 mod sled_log;
@@ -36,6 +37,7 @@ use bytes::Bytes;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Result, StorageError};
+pub use health::FLUSH_TIMEOUT;
 pub use frame::{MAX_KEY_LEN, Record, RecordKind};
 pub use retention::{CompactionReport, Retention};
 pub use sled_log::{OpenOptions, SledEventLog};
@@ -107,6 +109,13 @@ pub trait EventLog: Send + Sync {
 
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<()>;
+
+    /// Why the log stopped taking writes, once it has: after the first failed
+    /// write (or a flush stalled past [`FLUSH_TIMEOUT`]) every write fails
+    /// fast with [`StorageError::Failed`] until the process restarts.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {

@@ -3,7 +3,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Result, StorageError};
 use crate::frame::{self, MAX_KEY_LEN, Record, RecordKind};
 use crate::group_commit::{DurableMark, GroupCommit, MarkReading};
+use crate::health::{FLUSH_TIMEOUT, Flusher, Health};
 use crate::retention::{self, CompactionReport, Retention};
 use crate::verify::{self, RepairReport, VerifyReport};
 use crate::{EventLog, NewRecord, RecordIter, SeqRange, keys, nanos_since_epoch};
@@ -50,7 +51,10 @@ pub struct SledEventLog {
     applied: AtomicU64,
     low_water: AtomicU64,
     commit: GroupCommit,
-    mark: DurableMark,
+    mark: Arc<DurableMark>,
+    /// Engine flushes, bounded by [`FLUSH_TIMEOUT`].
+    flusher: Flusher,
+    health: Health,
     repair_report: Option<RepairReport>,
 }
 
@@ -62,7 +66,7 @@ impl SledEventLog {
         if !engine_dir.exists() && !opts.create {
             return Err(StorageError::Io {
                 path: dir.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
+                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
             });
         }
         // sled may panic on some damaged files instead of returning an error;
@@ -93,6 +97,20 @@ impl SledEventLog {
             _ => 1,
         };
         let (mark, reading) = DurableMark::open(&dir)?;
+        let mark = Arc::new(mark);
+        let flusher = {
+            let (db, mark, dir) = (db.clone(), mark.clone(), dir.clone());
+            Flusher::start(
+                "keelson-flush",
+                Box::new(move |covered| {
+                    db.flush().map_err(|e| StorageError::from_sled(&dir, e))?;
+                    if covered > 0 {
+                        mark.record(covered)?;
+                    }
+                    Ok(covered)
+                }),
+            )?
+        };
 
         let mut this = SledEventLog {
             dir,
@@ -105,6 +123,8 @@ impl SledEventLog {
             low_water: AtomicU64::new(low_water),
             commit: GroupCommit::new(0),
             mark,
+            flusher,
+            health: Health::default(),
             repair_report: None,
         };
         let (mut last_seq, mut last_at) = this.read_tail()?;
@@ -175,11 +195,17 @@ impl SledEventLog {
         self.low_water.store(low_water, Ordering::Release);
     }
 
+    /// Flushes the engine and records `durable-seq`, waiting at most
+    /// [`FLUSH_TIMEOUT`]; any failure fails the log for good.
     fn flush_covering(&self) -> Result<u64> {
+        self.health.check()?;
         let covered = self.applied.load(Ordering::Acquire);
-        self.db.flush().map_err(|e| self.sled_err(e))?;
-        self.mark.record(covered)?;
-        Ok(covered)
+        self.health.guard(self.flusher.flush(covered, FLUSH_TIMEOUT))
+    }
+
+    /// Why the log stopped taking writes, once it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.health.failure()
     }
 }
 
@@ -188,7 +214,7 @@ fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(StorageError::Io {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "exists and is not a directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotADirectory, "exists and is not a directory"),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))
@@ -202,6 +228,7 @@ impl EventLog for SledEventLog {
         if let Some(r) = batch.iter().find(|r| r.key.len() > MAX_KEY_LEN) {
             return Err(StorageError::KeyTooLong { len: r.key.len(), max: MAX_KEY_LEN });
         }
+        self.health.check()?;
         let range = {
             let mut st = self.append.lock().unwrap_or_else(PoisonError::into_inner);
             if batch.is_empty() {
@@ -219,7 +246,7 @@ impl EventLog for SledEventLog {
                     b.insert(keys::by_key(&rec.key, seq), &[]);
                 }
             }
-            self.log.apply_batch(b).map_err(|e| self.sled_err(e))?;
+            self.health.guard(self.log.apply_batch(b).map_err(|e| self.sled_err(e)))?;
             let last = first + batch.len() as u64 - 1;
             st.next_seq = last + 1;
             st.last_at = at;
@@ -290,7 +317,8 @@ impl EventLog for SledEventLog {
         if seq > last {
             return Err(StorageError::CheckpointAhead { seq, last });
         }
-        checkpoint::write(self, seq, format, blob)?;
+        self.health.check()?;
+        self.health.guard(checkpoint::write(self, seq, format, blob))?;
         self.flush()
     }
 
@@ -299,9 +327,14 @@ impl EventLog for SledEventLog {
     }
 
     fn compact(&self, policy: &Retention, now: SystemTime) -> Result<CompactionReport> {
-        let report = retention::compact(self, policy, now)?;
+        self.health.check()?;
+        let report = self.health.guard(retention::compact(self, policy, now))?;
         self.flush()?;
         Ok(report)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.health.failure().map(str::to_owned)
     }
 
     fn verify(&self) -> Result<VerifyReport> {
@@ -309,10 +342,11 @@ impl EventLog for SledEventLog {
     }
 
     fn flush(&self) -> Result<()> {
+        self.health.check()?;
         let target = self.applied.load(Ordering::Acquire);
         // A zero target still flushes: checkpoints and metadata live outside the seq order.
         if target == 0 || self.commit.durable() >= target {
-            self.db.flush().map_err(|e| self.sled_err(e))?;
+            self.health.guard(self.flusher.flush(0, FLUSH_TIMEOUT))?;
             return Ok(());
         }
         self.commit.wait_durable(target, || self.flush_covering())

@@ -3,7 +3,8 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}` |
+//! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}`; 503 naming the reason once storage failed |
+//! | `GET /v1/storage` | `{ok, failure, first_seq, last_seq}`: whether the event log still takes writes |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /debug/snapshot` | `{version, seq, counts}`; `?resources=1` adds every resource with its encoded bytes (base64) |
 //! | `GET /debug/sources` | health of each source, with its current validation errors |
@@ -45,6 +46,7 @@ pub fn router(hub: HubHandle, ledger: AckLedger, registry: Arc<Registry>) -> Rou
         .route("/v1/history", get(history))
         .route("/v1/log", get(log))
         .route("/v1/state", get(state))
+        .route("/v1/storage", get(storage))
         .with_state(Admin { hub, ledger, registry })
 }
 
@@ -62,6 +64,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn readyz(State(a): State<Admin>) -> Response {
+    if let Some(reason) = a.hub.store().log().failure() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("storage failed: {reason}; restart to recover"));
+    }
     match a.hub.current() {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet: waiting for sources to sync"),
         Some(s) => axum::Json(json!({ "version": s.version, "degraded": a.hub.degraded() })).into_response(),
@@ -213,6 +218,19 @@ async fn log(State(a): State<Admin>, Query(q): Query<LogQuery>) -> Response {
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The event log's health; answered from memory, never blocked by the engine.
+async fn storage(State(a): State<Admin>) -> Response {
+    let log = a.hub.store().log();
+    let failure = log.failure();
+    axum::Json(json!({
+        "ok": failure.is_none(),
+        "failure": failure,
+        "first_seq": log.first_seq(),
+        "last_seq": log.last_seq(),
+    }))
+    .into_response()
 }
 
 /// A rebuilt state as `keelson state --json` and `/v1/state` print it.
