@@ -74,7 +74,10 @@ impl StorageError {
     pub(crate) fn from_sled(path: &std::path::Path, e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => Self::from_io(path, io),
-            sled::Error::Corruption { at, .. } => StorageError::Engine(format!("sled reports corruption at {at:?}")),
+            sled::Error::Corruption { at, .. } => StorageError::Engine(format!(
+                "sled's files are damaged (sled reports corruption{}); run `keelson verify --repair`",
+                at.map(|at| format!(" at {at:?}")).unwrap_or_default()
+            )),
             other => StorageError::Engine(other.to_string()),
         }
     }

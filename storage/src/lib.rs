@@ -37,8 +37,8 @@ use bytes::Bytes;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Result, StorageError};
-pub use health::FLUSH_TIMEOUT;
 pub use frame::{MAX_KEY_LEN, Record, RecordKind};
+pub use health::FLUSH_TIMEOUT;
 pub use retention::{CompactionReport, Retention};
 pub use sled_log::{OpenOptions, SledEventLog};
 pub use verify::{Damage, RepairReport, VerifyReport};

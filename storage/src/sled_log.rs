@@ -69,15 +69,17 @@ impl SledEventLog {
                 cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
             });
         }
-        // sled may panic on some damaged files instead of returning an error;
-        // a damaged store must be reported, never crash the process.
-        let db = catch_unwind(AssertUnwindSafe(|| {
-            sled::Config::new().path(&engine_dir).mode(sled::Mode::HighThroughput).open()
-        }))
-        .map_err(|_| {
-            StorageError::Engine(format!("sled panicked opening {}: the store is damaged", engine_dir.display()))
-        })?
-        .map_err(|e| StorageError::from_sled(&dir, e))?;
+        let mut set_aside = Vec::new();
+        let db = match open_engine(&dir, &engine_dir) {
+            // sled's snapshot (`snap.*`) is a cache of its log: without it,
+            // sled rebuilds it by scanning the log. Repair sets a damaged
+            // one aside (kept for forensics) and opens again.
+            Err(StorageError::Engine(_)) if opts.repair => {
+                set_aside = set_aside_snapshots(&dir, &engine_dir)?;
+                open_engine(&dir, &engine_dir)?
+            }
+            other => other?,
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| StorageError::from_sled(&dir, e));
         let (log, meta) = (tree("log")?, tree("meta")?);
         let (checkpoints, quarantine) = (tree("checkpoints")?, tree("quarantine")?);
@@ -137,7 +139,8 @@ impl SledEventLog {
             }
         };
         if opts.repair {
-            let report = verify::repair(&this, acknowledged)?;
+            let mut report = verify::repair(&this, acknowledged)?;
+            report.set_aside_engine_files = set_aside;
             (last_seq, last_at) = this.read_tail()?;
             this.repair_report = Some(report);
         } else if acknowledged > last_seq {
@@ -207,6 +210,47 @@ impl SledEventLog {
     pub fn failure(&self) -> Option<&str> {
         self.health.failure()
     }
+}
+
+/// Opens sled, turning its panics on damaged files into errors without
+/// printing a panic message or backtrace (damage is reported, not crashed on).
+fn open_engine(dir: &Path, engine_dir: &Path) -> Result<sled::Db> {
+    // The hook is process-wide; while it is swapped, a panic elsewhere would
+    // also go unprinted. Opens are rare (start-up, CLI), so that is accepted.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened =
+        catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).open()));
+    std::panic::set_hook(previous);
+    opened
+        .map_err(|_| {
+            StorageError::Engine(format!(
+                "sled's files in {} are damaged (sled panicked reading them); run `keelson verify --repair`",
+                engine_dir.display()
+            ))
+        })?
+        .map_err(|e| StorageError::from_sled(dir, e))
+}
+
+/// Moves sled's `snap.*` files into `DIR/quarantine/`; returns where they went.
+fn set_aside_snapshots(dir: &Path, engine_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(engine_dir).map_err(|e| StorageError::from_io(engine_dir, e))?;
+    let quarantine = dir.join("quarantine");
+    let mut moved = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::from_io(engine_dir, e))?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("snap.") {
+            continue;
+        }
+        std::fs::create_dir_all(&quarantine).map_err(|e| StorageError::from_io(&quarantine, e))?;
+        let stamp = nanos_since_epoch(SystemTime::now());
+        let to = quarantine.join(format!("{}.{stamp}", name.to_string_lossy()));
+        std::fs::rename(entry.path(), &to).map_err(|e| StorageError::from_io(&to, e))?;
+        tracing::warn!(from = %entry.path().display(), to = %to.display(), "set aside sled's snapshot; sled rebuilds it from its log");
+        moved.push(to);
+    }
+    Ok(moved)
 }
 
 fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
