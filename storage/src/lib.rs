@@ -27,6 +27,7 @@ mod frame;
 mod group_commit;
 mod health;
 mod keys;
+mod rebuild;
 mod retention;
 mod sled_log;
 mod verify;

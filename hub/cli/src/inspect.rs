@@ -262,7 +262,7 @@ pub fn verify(data_dir: &Path, repair: bool, json: bool) -> Result<ExitCode> {
     } else {
         if let Some(r) = &repaired {
             for f in &r.set_aside_engine_files {
-                println!("repair: sled's damaged snapshot set aside to {}; sled rebuilt it from its log", f.display());
+                println!("repair: damaged engine files set aside to {}; rebuilt from the engine's log", f.display());
             }
             println!(
                 "repair: lost seq ranges {:?}; checkpoints set aside {:?}; {} index entries rebuilt",
