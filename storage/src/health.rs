@@ -21,6 +21,8 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Default)]
 pub(crate) struct Health {
     failure: OnceLock<String>,
+    /// The first damage a read ran into (the log still serves the rest).
+    damage: OnceLock<String>,
 }
 
 impl Health {
@@ -34,6 +36,19 @@ impl Health {
 
     pub fn failure(&self) -> Option<&str> {
         self.failure.get().map(String::as_str)
+    }
+
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.get().map(String::as_str)
+    }
+
+    /// Remembers the first damage a read met, logged at ERROR once, so a
+    /// running hub can show it (`/readyz`, `/v1/storage`) instead of only
+    /// failing the read.
+    pub fn note_damage(&self, what: &StorageError) {
+        if self.damage.get().is_none() && self.damage.set(what.to_string()).is_ok() {
+            tracing::error!("the event log is damaged: {what}; stop the hub and run `keelson verify --repair`");
+        }
     }
 
     /// Passes `result` through; an error from a write path marks the log
@@ -59,24 +74,30 @@ impl Health {
     }
 }
 
-type Job = Box<dyn FnMut(u64) -> Result<u64> + Send>;
+type Job<T> = Box<dyn FnMut(u64, T) -> Result<u64> + Send>;
+type Request<T> = (u64, T, mpsc::SyncSender<Result<u64>>);
 
 /// Runs flushes on a dedicated thread so a caller waits at most a deadline.
 /// A flush that overruns leaves that thread stuck inside the engine; the log
 /// is marked failed, so nothing queues behind it.
-pub(crate) struct Flusher {
-    requests: Mutex<mpsc::Sender<(u64, mpsc::SyncSender<Result<u64>>)>>,
+///
+/// Each request carries what the job needs (the engine handle) and the job
+/// consumes it before replying, so an idle flush thread holds no engine
+/// handle: closing the log releases sled's directory lock as before.
+pub(crate) struct Flusher<T> {
+    requests: Mutex<mpsc::Sender<Request<T>>>,
 }
 
-impl Flusher {
-    pub fn start(name: &str, mut job: Job) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<(u64, mpsc::SyncSender<Result<u64>>)>();
+impl<T: Send + 'static> Flusher<T> {
+    pub fn start(name: &str, mut job: Job<T>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Request<T>>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 // Ends when the log (the only sender) is dropped.
-                for (covered, reply) in rx {
-                    let _ = reply.send(job(covered));
+                for (covered, context, reply) in rx {
+                    let outcome = job(covered, context);
+                    let _ = reply.send(outcome);
                 }
             })
             .map_err(|e| StorageError::Engine(format!("cannot start the flush thread: {e}")))?;
@@ -84,9 +105,9 @@ impl Flusher {
     }
 
     /// Runs the job for `covered` and waits at most `timeout` for it.
-    pub fn flush(&self, covered: u64, timeout: Duration) -> Result<u64> {
+    pub fn flush(&self, covered: u64, context: T, timeout: Duration) -> Result<u64> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        let sent = self.requests.lock().unwrap_or_else(PoisonError::into_inner).send((covered, reply_tx));
+        let sent = self.requests.lock().unwrap_or_else(PoisonError::into_inner).send((covered, context, reply_tx));
         if sent.is_err() {
             return Err(StorageError::Engine("the flush thread is gone".into()));
         }
@@ -111,14 +132,14 @@ mod tests {
         let never_rx = Mutex::new(never_rx);
         let flusher = Flusher::start(
             "test-flusher",
-            Box::new(move |_| {
+            Box::new(move |_, ()| {
                 let _ = never_rx.lock().unwrap().recv(); // blocks: the sender lives on
                 Ok(0)
             }),
         )
         .unwrap();
         let started = Instant::now();
-        let err = flusher.flush(1, Duration::from_millis(200)).unwrap_err();
+        let err = flusher.flush(1, (), Duration::from_millis(200)).unwrap_err();
         assert!(err.to_string().contains("did not finish"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }

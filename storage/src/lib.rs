@@ -117,6 +117,13 @@ pub trait EventLog: Send + Sync {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// The first damage a read ran into since open (a damaged record or an
+    /// engine page that cannot be read), if any. Reads of intact records
+    /// still work; `keelson verify --repair` fixes it with the hub stopped.
+    fn damage(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {

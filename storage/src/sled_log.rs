@@ -53,7 +53,7 @@ pub struct SledEventLog {
     commit: GroupCommit,
     mark: Arc<DurableMark>,
     /// Engine flushes, bounded by [`FLUSH_TIMEOUT`].
-    flusher: Flusher,
+    flusher: Flusher<sled::Db>,
     health: Health,
     repair_report: Option<RepairReport>,
 }
@@ -119,10 +119,10 @@ impl SledEventLog {
         let (mark, reading) = DurableMark::open(&dir)?;
         let mark = Arc::new(mark);
         let flusher = {
-            let (db, mark, dir) = (db.clone(), mark.clone(), dir.clone());
+            let (mark, dir) = (mark.clone(), dir.clone());
             Flusher::start(
                 "keelson-flush",
-                Box::new(move |covered| {
+                Box::new(move |covered, db: sled::Db| {
                     db.flush().map_err(|e| StorageError::from_sled(&dir, e))?;
                     if covered > 0 {
                         mark.record(covered)?;
@@ -181,7 +181,12 @@ impl SledEventLog {
     }
 
     pub(crate) fn sled_err(&self, e: sled::Error) -> StorageError {
-        StorageError::from_sled(&self.dir, e)
+        let damaged = matches!(e, sled::Error::Corruption { .. });
+        let err = StorageError::from_sled(&self.dir, e);
+        if damaged {
+            self.health.note_damage(&err);
+        }
+        err
     }
 
     /// Seq and time of the last slot, or (low_water - 1, 0) for an empty log.
@@ -208,7 +213,11 @@ impl SledEventLog {
     }
 
     pub(crate) fn decode_entry(&self, seq: u64, raw: sled::IVec) -> Result<Record> {
-        frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| StorageError::Corrupt { seq, reason })
+        frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| {
+            let err = StorageError::Corrupt { seq, reason };
+            self.health.note_damage(&err);
+            err
+        })
     }
 
     /// Records a low-water mark already written (atomically with the removals) to the tree.
@@ -221,7 +230,7 @@ impl SledEventLog {
     fn flush_covering(&self) -> Result<u64> {
         self.health.check()?;
         let covered = self.applied.load(Ordering::Acquire);
-        self.health.guard(self.flusher.flush(covered, FLUSH_TIMEOUT))
+        self.health.guard(self.flusher.flush(covered, self.db.clone(), FLUSH_TIMEOUT))
     }
 
     /// Why the log stopped taking writes, once it has.
@@ -399,6 +408,10 @@ impl EventLog for SledEventLog {
         self.health.failure().map(str::to_owned)
     }
 
+    fn damage(&self) -> Option<String> {
+        self.health.damage().map(str::to_owned)
+    }
+
     fn verify(&self) -> Result<VerifyReport> {
         verify::verify(self, self.commit.durable())
     }
@@ -408,7 +421,7 @@ impl EventLog for SledEventLog {
         let target = self.applied.load(Ordering::Acquire);
         // A zero target still flushes: checkpoints and metadata live outside the seq order.
         if target == 0 || self.commit.durable() >= target {
-            self.health.guard(self.flusher.flush(0, FLUSH_TIMEOUT))?;
+            self.health.guard(self.flusher.flush(0, self.db.clone(), FLUSH_TIMEOUT))?;
             return Ok(());
         }
         self.commit.wait_durable(target, || self.flush_covering())

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}`; 503 naming the reason once storage failed |
-//! | `GET /v1/storage` | `{ok, failure, first_seq, last_seq}`: whether the event log still takes writes |
+//! | `GET /v1/storage` | `{ok, failure, damage, first_seq, last_seq}`: whether the log takes writes, and the first damage a read met |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /debug/snapshot` | `{version, seq, counts}`; `?resources=1` adds every resource with its encoded bytes (base64) |
 //! | `GET /debug/sources` | health of each source, with its current validation errors |
@@ -59,6 +59,22 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
+/// A failed read of the log: a 500 that says why, and what to do when the
+/// log is damaged.
+fn read_error(a: &Admin, message: String) -> Response {
+    match a.hub.store().log().damage() {
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Some(damage) => {
+            let body = json!({
+                "error": message,
+                "storage_damage": damage,
+                "hint": "the event log is damaged; stop the hub and run `keelson verify --repair` (docs/storage.md)",
+            });
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+        }
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -69,7 +85,13 @@ async fn readyz(State(a): State<Admin>) -> Response {
     }
     match a.hub.current() {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet: waiting for sources to sync"),
-        Some(s) => axum::Json(json!({ "version": s.version, "degraded": a.hub.degraded() })).into_response(),
+        Some(s) => {
+            // A damaged record does not stop serving the in-memory config;
+            // it shows here (and in /v1/storage) so an operator repairs it.
+            let damage = a.hub.store().log().damage();
+            let degraded = a.hub.degraded() || damage.is_some();
+            axum::Json(json!({ "version": s.version, "degraded": degraded, "storage_damage": damage })).into_response()
+        }
     }
 }
 
@@ -190,7 +212,7 @@ async fn history(State(a): State<Admin>, Query(q): Query<HistoryQuery>) -> Respo
     .await;
     match result {
         Ok(Ok(events)) => axum::Json(Value::Array(events)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => read_error(&a, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -215,7 +237,7 @@ async fn log(State(a): State<Admin>, Query(q): Query<LogQuery>) -> Response {
     .await;
     match result {
         Ok(Ok(entries)) => axum::Json(Value::Array(entries)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => read_error(&a, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -227,6 +249,7 @@ async fn storage(State(a): State<Admin>) -> Response {
     axum::Json(json!({
         "ok": failure.is_none(),
         "failure": failure,
+        "damage": log.damage(),
         "first_seq": log.first_seq(),
         "last_seq": log.last_seq(),
     }))
@@ -253,7 +276,7 @@ async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response 
     let store = a.hub.store().clone();
     match tokio::task::spawn_blocking(move || store.state_at(q.at.unwrap_or(u64::MAX))).await {
         Ok(Ok(r)) => axum::Json(state_json(&r)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => read_error(&a, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
