@@ -61,13 +61,14 @@ pub struct SledEventLog {
 impl SledEventLog {
     pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        match Self::open_in_place(dir, &opts) {
+        match Self::open_in_place(dir, &opts, false) {
             // The engine could not write over a page it cannot read: copy
             // what it can read into a fresh engine, then repair that.
             Err(StorageError::Engine(reason)) if opts.repair => {
                 tracing::warn!(%reason, "in-place repair failed; rebuilding the engine from what it can read");
                 let aside = crate::rebuild::rebuild(dir, &dir.join("sled"), |p| open_engine(dir, p))?;
-                let mut log = Self::open_in_place(dir, &opts)?;
+                // The rebuild just closed both engines; wait for their lock.
+                let mut log = Self::open_in_place(dir, &opts, true)?;
                 if let Some(r) = log.repair_report.as_mut() {
                     r.set_aside_engine_files.push(aside);
                 }
@@ -77,7 +78,7 @@ impl SledEventLog {
         }
     }
 
-    fn open_in_place(dir: &Path, opts: &OpenOptions) -> Result<Self> {
+    fn open_in_place(dir: &Path, opts: &OpenOptions, wait_for_lock: bool) -> Result<Self> {
         let dir = dir.to_path_buf();
         prepare_dir(&dir, opts.create)?;
         let engine_dir = dir.join("sled");
@@ -88,7 +89,12 @@ impl SledEventLog {
             });
         }
         let mut set_aside = Vec::new();
-        let db = match crate::rebuild::open_waiting(&engine_dir, &|p| open_engine(&dir, p)) {
+        let opened = if wait_for_lock {
+            crate::rebuild::open_waiting(&engine_dir, &|p| open_engine(&dir, p))
+        } else {
+            open_engine(&dir, &engine_dir)
+        };
+        let db = match opened {
             // sled's snapshot (`snap.*`) is a cache of its log: without it,
             // sled rebuilds it by scanning the log. Repair sets a damaged
             // one aside (kept for forensics) and opens again.
