@@ -216,3 +216,64 @@ fn a_flipped_bit_in_an_old_page_is_named_by_seq_and_repaired_by_rebuilding() {
     assert_eq!(events, 20_000 - (hi - lo + 1));
     assert_eq!(log.last_seq(), 20_000);
 }
+
+/// A hub that starts on a damaged log (the damage lies before its checkpoint)
+/// runs degraded: reads that reach the damage explain it, /readyz and
+/// /v1/storage show it.
+#[test]
+fn a_hub_on_a_damaged_log_shows_the_damage_instead_of_bare_500s() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let args = ["--api-token-file", token.to_str().unwrap()];
+    let hub = support::Serve::start(&data, &args);
+    hub.wait_for("/readyz", "ready", |s, _| s == 200);
+    for name in ["a", "b", "c"] {
+        let body = format!(
+            r#"{{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{{"name":"{name}"}},"spec":{{"hosts":["{name}"]}}}}"#
+        );
+        let (status, v) =
+            hub.put(&format!("/v1/resources/networking.istio.io/VirtualService/default/{name}"), "t0ken", &body);
+        assert_eq!(status, 200, "{v}");
+    }
+    let _ = hub.sigterm(); // writes the final checkpoint
+    // Flip a bit in the first record's frame, through sled, as a bad disk would.
+    {
+        let end = Instant::now() + Duration::from_secs(10);
+        let db = loop {
+            match sled::open(data.join("sled")) {
+                Ok(db) => break db,
+                Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let t = db.open_tree("log").unwrap();
+        let key = [&[b'L'][..], &1u64.to_be_bytes()].concat();
+        let mut v = t.get(&key).unwrap().unwrap().to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        t.insert(key, v).unwrap();
+        db.flush().unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while matches!(SledEventLog::open(&data, OpenOptions::default()), Err(StorageError::Locked { .. })) {
+        assert!(Instant::now() < end, "the store stayed locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let hub = support::Serve::start(&data, &args);
+    hub.wait_for("/readyz", "ready", |s, _| s == 200);
+    let (status, v) = hub.get("/v1/log?from=1");
+    assert_eq!(status, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("record 1 is damaged"), "{v}");
+    assert!(v["hint"].as_str().unwrap().contains("verify --repair"), "{v}");
+    let (status, v) = hub.get("/readyz");
+    assert_eq!((status, v["degraded"].as_bool()), (200, Some(true)), "{v}");
+    assert!(v["storage_damage"].as_str().unwrap().contains("record 1"), "{v}");
+    let (status, v) = hub.get("/v1/storage");
+    assert_eq!(status, 200);
+    assert!(v["damage"].as_str().unwrap().contains("record 1"), "{v}");
+    assert!(hub.log.lock().unwrap().contains("the event log is damaged"));
+    let _ = hub.sigterm();
+}
