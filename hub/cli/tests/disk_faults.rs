@@ -215,8 +215,10 @@ fn a_hub_whose_disk_filled_reports_it_exits_3_and_a_restart_serves_every_acknowl
     assert!(v["error"].as_str().unwrap().contains("storage failed"), "{v}");
     let (status, v) = hub.get("/v1/storage");
     assert_eq!((status, v["ok"].as_bool()), (200, Some(false)), "{v}");
-    let log = hub.log.lock().unwrap().clone();
-    assert!(log.lines().any(|l| l.contains("ERROR") && l.contains("storage failed")), "{log}");
+    support::wait_until("the failure logged at ERROR", support::DEADLINE, |_| {
+        let log = hub.log.lock().unwrap();
+        log.lines().any(|l| l.contains("ERROR") && l.contains("storage failed")).then_some(())
+    });
 
     // Free space: the hub does not try the wedged engine again; it exits 3
     // after its grace so the supervisor restarts it.

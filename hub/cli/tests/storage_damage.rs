@@ -274,6 +274,9 @@ fn a_hub_on_a_damaged_log_shows_the_damage_instead_of_bare_500s() {
     let (status, v) = hub.get("/v1/storage");
     assert_eq!(status, 200);
     assert!(v["damage"].as_str().unwrap().contains("record 1"), "{v}");
-    assert!(hub.log.lock().unwrap().contains("the event log is damaged"));
+    support::wait_until("the damage logged at ERROR", support::DEADLINE, |_| {
+        let log = hub.log.lock().unwrap();
+        log.lines().any(|l| l.contains("ERROR") && l.contains("the event log is damaged")).then_some(())
+    });
     let _ = hub.sigterm();
 }
