@@ -11,11 +11,19 @@ pub enum StorageError {
     #[error("no space left on the device holding {path}; the last durable record is kept, free space and retry")]
     NoSpace { path: PathBuf },
 
-    #[error("data directory {path} is read-only or not writable: {source}")]
-    ReadOnly { path: PathBuf, source: io::Error },
+    // The OS error is printed in the message and deliberately not exposed as
+    // `source()`, so error chains (`{:#}`) do not print it twice.
+    #[error("data directory {path} is read-only or not writable: {cause}")]
+    ReadOnly { path: PathBuf, cause: io::Error },
 
-    #[error("cannot use data directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot use data directory {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+
+    /// A write to the engine failed (or a flush stalled). sled 0.34 cannot be
+    /// trusted to write again in-process after that, so every later write
+    /// fails fast with this error until the process restarts.
+    #[error("storage failed: {reason}; restart to recover")]
+    Failed { reason: String },
 
     #[error("storage engine error: {0}")]
     Engine(String),
@@ -54,19 +62,22 @@ impl StorageError {
             }
             (Some(EROFS | EACCES | EPERM), _)
             | (_, io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied) => {
-                StorageError::ReadOnly { path, source }
+                StorageError::ReadOnly { path, cause: source }
             }
             _ if kind == io::ErrorKind::WouldBlock || source.to_string().contains("could not acquire lock") => {
                 StorageError::Locked { path }
             }
-            _ => StorageError::Io { path, source },
+            _ => StorageError::Io { path, cause: source },
         }
     }
 
     pub(crate) fn from_sled(path: &std::path::Path, e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => Self::from_io(path, io),
-            sled::Error::Corruption { at, .. } => StorageError::Engine(format!("sled reports corruption at {at:?}")),
+            sled::Error::Corruption { at, .. } => StorageError::Engine(format!(
+                "sled's files are damaged (sled reports corruption{}); run `keelson verify --repair`",
+                at.map(|at| format!(" at {at:?}")).unwrap_or_default()
+            )),
             other => StorageError::Engine(other.to_string()),
         }
     }

@@ -25,7 +25,9 @@ mod checkpoint;
 mod error;
 mod frame;
 mod group_commit;
+mod health;
 mod keys;
+mod rebuild;
 mod retention;
 mod sled_log;
 mod verify;
@@ -37,6 +39,7 @@ use bytes::Bytes;
 pub use checkpoint::Checkpoint;
 pub use error::{Result, StorageError};
 pub use frame::{MAX_KEY_LEN, Record, RecordKind};
+pub use health::FLUSH_TIMEOUT;
 pub use retention::{CompactionReport, Retention};
 pub use sled_log::{OpenOptions, SledEventLog};
 pub use verify::{Damage, RepairReport, VerifyReport};
@@ -107,6 +110,20 @@ pub trait EventLog: Send + Sync {
 
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<()>;
+
+    /// Why the log stopped taking writes, once it has: after the first failed
+    /// write (or a flush stalled past [`FLUSH_TIMEOUT`]) every write fails
+    /// fast with [`StorageError::Failed`] until the process restarts.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    /// The first damage a read ran into since open (a damaged record or an
+    /// engine page that cannot be read), if any. Reads of intact records
+    /// still work; `keelson verify --repair` fixes it with the hub stopped.
+    fn damage(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {

@@ -3,7 +3,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Result, StorageError};
 use crate::frame::{self, MAX_KEY_LEN, Record, RecordKind};
 use crate::group_commit::{DurableMark, GroupCommit, MarkReading};
+use crate::health::{FLUSH_TIMEOUT, Flusher, Health};
 use crate::retention::{self, CompactionReport, Retention};
 use crate::verify::{self, RepairReport, VerifyReport};
 use crate::{EventLog, NewRecord, RecordIter, SeqRange, keys, nanos_since_epoch};
@@ -50,30 +51,59 @@ pub struct SledEventLog {
     applied: AtomicU64,
     low_water: AtomicU64,
     commit: GroupCommit,
-    mark: DurableMark,
+    mark: Arc<DurableMark>,
+    /// Engine flushes, bounded by [`FLUSH_TIMEOUT`].
+    flusher: Flusher<sled::Db>,
+    health: Health,
     repair_report: Option<RepairReport>,
 }
 
 impl SledEventLog {
     pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.as_ref();
+        match Self::open_in_place(dir, &opts, false) {
+            // The engine could not write over a page it cannot read: copy
+            // what it can read into a fresh engine, then repair that.
+            Err(StorageError::Engine(reason)) if opts.repair => {
+                tracing::warn!(%reason, "in-place repair failed; rebuilding the engine from what it can read");
+                let aside = crate::rebuild::rebuild(dir, &dir.join("sled"), |p| open_engine(dir, p))?;
+                // The rebuild just closed both engines; wait for their lock.
+                let mut log = Self::open_in_place(dir, &opts, true)?;
+                if let Some(r) = log.repair_report.as_mut() {
+                    r.set_aside_engine_files.push(aside);
+                }
+                Ok(log)
+            }
+            other => other,
+        }
+    }
+
+    fn open_in_place(dir: &Path, opts: &OpenOptions, wait_for_lock: bool) -> Result<Self> {
+        let dir = dir.to_path_buf();
         prepare_dir(&dir, opts.create)?;
         let engine_dir = dir.join("sled");
         if !engine_dir.exists() && !opts.create {
             return Err(StorageError::Io {
                 path: dir.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
+                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no Keelson log in this directory"),
             });
         }
-        // sled may panic on some damaged files instead of returning an error;
-        // a damaged store must be reported, never crash the process.
-        let db = catch_unwind(AssertUnwindSafe(|| {
-            sled::Config::new().path(&engine_dir).mode(sled::Mode::HighThroughput).open()
-        }))
-        .map_err(|_| {
-            StorageError::Engine(format!("sled panicked opening {}: the store is damaged", engine_dir.display()))
-        })?
-        .map_err(|e| StorageError::from_sled(&dir, e))?;
+        let mut set_aside = Vec::new();
+        let opened = if wait_for_lock {
+            crate::rebuild::open_waiting(&engine_dir, &|p| open_engine(&dir, p))
+        } else {
+            open_engine(&dir, &engine_dir)
+        };
+        let db = match opened {
+            // sled's snapshot (`snap.*`) is a cache of its log: without it,
+            // sled rebuilds it by scanning the log. Repair sets a damaged
+            // one aside (kept for forensics) and opens again.
+            Err(StorageError::Engine(_)) if opts.repair => {
+                set_aside = set_aside_snapshots(&dir, &engine_dir)?;
+                open_engine(&dir, &engine_dir)?
+            }
+            other => other?,
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| StorageError::from_sled(&dir, e));
         let (log, meta) = (tree("log")?, tree("meta")?);
         let (checkpoints, quarantine) = (tree("checkpoints")?, tree("quarantine")?);
@@ -93,6 +123,20 @@ impl SledEventLog {
             _ => 1,
         };
         let (mark, reading) = DurableMark::open(&dir)?;
+        let mark = Arc::new(mark);
+        let flusher = {
+            let (mark, dir) = (mark.clone(), dir.clone());
+            Flusher::start(
+                "keelson-flush",
+                Box::new(move |covered, db: sled::Db| {
+                    db.flush().map_err(|e| StorageError::from_sled(&dir, e))?;
+                    if covered > 0 {
+                        mark.record(covered)?;
+                    }
+                    Ok(covered)
+                }),
+            )?
+        };
 
         let mut this = SledEventLog {
             dir,
@@ -105,6 +149,8 @@ impl SledEventLog {
             low_water: AtomicU64::new(low_water),
             commit: GroupCommit::new(0),
             mark,
+            flusher,
+            health: Health::default(),
             repair_report: None,
         };
         let (mut last_seq, mut last_at) = this.read_tail()?;
@@ -117,7 +163,8 @@ impl SledEventLog {
             }
         };
         if opts.repair {
-            let report = verify::repair(&this, acknowledged)?;
+            let mut report = verify::repair(&this, acknowledged)?;
+            report.set_aside_engine_files = set_aside;
             (last_seq, last_at) = this.read_tail()?;
             this.repair_report = Some(report);
         } else if acknowledged > last_seq {
@@ -140,7 +187,12 @@ impl SledEventLog {
     }
 
     pub(crate) fn sled_err(&self, e: sled::Error) -> StorageError {
-        StorageError::from_sled(&self.dir, e)
+        let damaged = matches!(e, sled::Error::Corruption { .. });
+        let err = StorageError::from_sled(&self.dir, e);
+        if damaged {
+            self.health.note_damage(&err);
+        }
+        err
     }
 
     /// Seq and time of the last slot, or (low_water - 1, 0) for an empty log.
@@ -167,7 +219,11 @@ impl SledEventLog {
     }
 
     pub(crate) fn decode_entry(&self, seq: u64, raw: sled::IVec) -> Result<Record> {
-        frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| StorageError::Corrupt { seq, reason })
+        frame::decode(seq, Bytes::from_owner(raw)).map_err(|reason| {
+            let err = StorageError::Corrupt { seq, reason };
+            self.health.note_damage(&err);
+            err
+        })
     }
 
     /// Records a low-water mark already written (atomically with the removals) to the tree.
@@ -175,12 +231,59 @@ impl SledEventLog {
         self.low_water.store(low_water, Ordering::Release);
     }
 
+    /// Flushes the engine and records `durable-seq`, waiting at most
+    /// [`FLUSH_TIMEOUT`]; any failure fails the log for good.
     fn flush_covering(&self) -> Result<u64> {
+        self.health.check()?;
         let covered = self.applied.load(Ordering::Acquire);
-        self.db.flush().map_err(|e| self.sled_err(e))?;
-        self.mark.record(covered)?;
-        Ok(covered)
+        self.health.guard(self.flusher.flush(covered, self.db.clone(), FLUSH_TIMEOUT))
     }
+
+    /// Why the log stopped taking writes, once it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.health.failure()
+    }
+}
+
+/// Opens sled, turning its panics on damaged files into errors without
+/// printing a panic message or backtrace (damage is reported, not crashed on).
+fn open_engine(dir: &Path, engine_dir: &Path) -> Result<sled::Db> {
+    // The hook is process-wide; while it is swapped, a panic elsewhere would
+    // also go unprinted. Opens are rare (start-up, CLI), so that is accepted.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened =
+        catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).open()));
+    std::panic::set_hook(previous);
+    opened
+        .map_err(|_| {
+            StorageError::Engine(format!(
+                "sled's files in {} are damaged (sled panicked reading them); run `keelson verify --repair`",
+                engine_dir.display()
+            ))
+        })?
+        .map_err(|e| StorageError::from_sled(dir, e))
+}
+
+/// Moves sled's `snap.*` files into `DIR/quarantine/`; returns where they went.
+fn set_aside_snapshots(dir: &Path, engine_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(engine_dir).map_err(|e| StorageError::from_io(engine_dir, e))?;
+    let quarantine = dir.join("quarantine");
+    let mut moved = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::from_io(engine_dir, e))?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("snap.") {
+            continue;
+        }
+        std::fs::create_dir_all(&quarantine).map_err(|e| StorageError::from_io(&quarantine, e))?;
+        let stamp = nanos_since_epoch(SystemTime::now());
+        let to = quarantine.join(format!("{}.{stamp}", name.to_string_lossy()));
+        std::fs::rename(entry.path(), &to).map_err(|e| StorageError::from_io(&to, e))?;
+        tracing::warn!(from = %entry.path().display(), to = %to.display(), "set aside sled's snapshot; sled rebuilds it from its log");
+        moved.push(to);
+    }
+    Ok(moved)
 }
 
 fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
@@ -188,7 +291,7 @@ fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(StorageError::Io {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "exists and is not a directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotADirectory, "exists and is not a directory"),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             std::fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))
@@ -202,6 +305,7 @@ impl EventLog for SledEventLog {
         if let Some(r) = batch.iter().find(|r| r.key.len() > MAX_KEY_LEN) {
             return Err(StorageError::KeyTooLong { len: r.key.len(), max: MAX_KEY_LEN });
         }
+        self.health.check()?;
         let range = {
             let mut st = self.append.lock().unwrap_or_else(PoisonError::into_inner);
             if batch.is_empty() {
@@ -219,7 +323,7 @@ impl EventLog for SledEventLog {
                     b.insert(keys::by_key(&rec.key, seq), &[]);
                 }
             }
-            self.log.apply_batch(b).map_err(|e| self.sled_err(e))?;
+            self.health.guard(self.log.apply_batch(b).map_err(|e| self.sled_err(e)))?;
             let last = first + batch.len() as u64 - 1;
             st.next_seq = last + 1;
             st.last_at = at;
@@ -290,7 +394,8 @@ impl EventLog for SledEventLog {
         if seq > last {
             return Err(StorageError::CheckpointAhead { seq, last });
         }
-        checkpoint::write(self, seq, format, blob)?;
+        self.health.check()?;
+        self.health.guard(checkpoint::write(self, seq, format, blob))?;
         self.flush()
     }
 
@@ -299,9 +404,18 @@ impl EventLog for SledEventLog {
     }
 
     fn compact(&self, policy: &Retention, now: SystemTime) -> Result<CompactionReport> {
-        let report = retention::compact(self, policy, now)?;
+        self.health.check()?;
+        let report = self.health.guard(retention::compact(self, policy, now))?;
         self.flush()?;
         Ok(report)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.health.failure().map(str::to_owned)
+    }
+
+    fn damage(&self) -> Option<String> {
+        self.health.damage().map(str::to_owned)
     }
 
     fn verify(&self) -> Result<VerifyReport> {
@@ -309,10 +423,11 @@ impl EventLog for SledEventLog {
     }
 
     fn flush(&self) -> Result<()> {
+        self.health.check()?;
         let target = self.applied.load(Ordering::Acquire);
         // A zero target still flushes: checkpoints and metadata live outside the seq order.
         if target == 0 || self.commit.durable() >= target {
-            self.db.flush().map_err(|e| self.sled_err(e))?;
+            self.health.guard(self.flusher.flush(0, self.db.clone(), FLUSH_TIMEOUT))?;
             return Ok(());
         }
         self.commit.wait_durable(target, || self.flush_covering())

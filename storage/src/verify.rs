@@ -79,6 +79,9 @@ pub struct RepairReport {
     pub quarantined_checkpoints: Vec<u64>,
     /// Index entries after rebuilding.
     pub index_entries: u64,
+    /// Damaged engine files (sled's `snap.*`) moved into `DIR/quarantine/`
+    /// so sled rebuilt them from its log.
+    pub set_aside_engine_files: Vec<std::path::PathBuf>,
 }
 
 impl RepairReport {
@@ -95,34 +98,52 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
     let mut expected = r.first_seq;
     let mut prev_at = 0;
     let mut keyed = 0u64;
-    for entry in log.log.scan_prefix([keys::LOG]) {
-        let (k, v) = entry.map_err(|e| log.sled_err(e))?;
-        let Some(seq) = keys::parse_log(&k) else {
-            r.found(None, format!("malformed log key {k:?}"));
-            continue;
-        };
-        if seq > expected {
-            let what = format!("seqs {expected}..={} are missing from the log", seq - 1);
-            r.found(Some(expected), what);
-        }
-        expected = seq + 1;
-        match frame::decode(seq, Bytes::from_owner(v)) {
-            Err(reason) => r.found(Some(seq), reason),
-            Ok(rec) => {
-                if rec.at_nanos < prev_at {
-                    r.found(Some(seq), "append time goes backwards");
-                }
-                prev_at = rec.at_nanos;
-                match rec.kind {
-                    RecordKind::Event => {
-                        r.events += 1;
-                        keyed += u64::from(!rec.key.is_empty());
+    let mut from = expected;
+    'scan: loop {
+        for entry in log.log.range(keys::log(from)..=keys::log(u64::MAX)) {
+            let (k, v) = match entry {
+                Ok(kv) => kv,
+                Err(e) => {
+                    // The engine cannot read a page: find which seqs it hides by
+                    // point reads, report them, and go on after them.
+                    let (first, last) = unreadable_from(log, expected, acknowledged);
+                    r.found(Some(first), format!("seqs {first}..={last} cannot be read: {}", log.sled_err(e)));
+                    expected = last + 1;
+                    from = expected;
+                    if last >= acknowledged.max(first) {
+                        break 'scan;
                     }
-                    RecordKind::Compacted => r.compacted += 1,
-                    RecordKind::Lost => r.lost += 1,
+                    continue 'scan;
+                }
+            };
+            let Some(seq) = keys::parse_log(&k) else {
+                r.found(None, format!("malformed log key {k:?}"));
+                continue;
+            };
+            if seq > expected {
+                let what = format!("seqs {expected}..={} are missing from the log", seq - 1);
+                r.found(Some(expected), what);
+            }
+            expected = seq + 1;
+            match frame::decode(seq, Bytes::from_owner(v)) {
+                Err(reason) => r.found(Some(seq), reason),
+                Ok(rec) => {
+                    if rec.at_nanos < prev_at {
+                        r.found(Some(seq), "append time goes backwards");
+                    }
+                    prev_at = rec.at_nanos;
+                    match rec.kind {
+                        RecordKind::Event => {
+                            r.events += 1;
+                            keyed += u64::from(!rec.key.is_empty());
+                        }
+                        RecordKind::Compacted => r.compacted += 1,
+                        RecordKind::Lost => r.lost += 1,
+                    }
                 }
             }
         }
+        break;
     }
     r.last_seq = expected - 1;
     if acknowledged > r.last_seq {
@@ -130,15 +151,32 @@ pub(crate) fn verify(log: &SledEventLog, acknowledged: u64) -> Result<VerifyRepo
             format!("seqs {}..={acknowledged} were acknowledged as durable but are not in the log", r.last_seq + 1);
         r.found(Some(r.last_seq + 1), what);
     }
-    check_indexes(log, &mut r, keyed)?;
-    for seq in checkpoint::list(log)? {
-        match checkpoint::load(log, seq)? {
+    if let Err(e) = check_indexes(log, &mut r, keyed) {
+        r.found(None, format!("the key index cannot be read: {e}"));
+    }
+    let checkpoints = checkpoint::list(log).unwrap_or_else(|e| {
+        r.found(None, format!("the checkpoint list cannot be read: {e}"));
+        Vec::new()
+    });
+    for seq in checkpoints {
+        let loaded = checkpoint::load(log, seq).unwrap_or_else(|e| Err(format!("cannot be read: {e}")));
+        match loaded {
             Err(reason) => r.found(Some(seq), format!("checkpoint: {reason}")),
             Ok(_) if seq > r.last_seq => r.found(Some(seq), "checkpoint is ahead of the log"),
             Ok(_) => r.checkpoints.push(seq),
         }
     }
     Ok(r)
+}
+
+/// The run of seqs from `first` the engine fails to read, as (first, last);
+/// at least `first` itself, at most up to `upper` (the acknowledged seq).
+fn unreadable_from(log: &SledEventLog, first: u64, upper: u64) -> (u64, u64) {
+    let mut last = first;
+    while last < upper && log.log.get(keys::log(last + 1)).is_err() {
+        last += 1;
+    }
+    (first, last)
 }
 
 /// Every key index entry must point at an intact event of the same key, and

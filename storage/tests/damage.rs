@@ -57,6 +57,21 @@ fn a_flipped_byte_is_named_by_verify_and_never_served() {
 }
 
 #[test]
+fn damage_met_by_a_read_is_remembered_for_the_status_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path(), 20);
+    flip_record_byte(dir.path(), 7, |len| len - 1, 0x01);
+    let log = open(dir.path(), false).unwrap();
+    assert_eq!(log.damage(), None, "nothing read yet");
+    assert!(log.read_from(1).any(|r| r.is_err()));
+    let damage = log.damage().expect("the damaged read was noted");
+    assert!(damage.contains("record 7 is damaged"), "{damage}");
+    // Damage is not a write failure: the log still takes appends.
+    assert_eq!(log.failure(), None);
+    assert_eq!(log.append(&[NewRecord::default()]).unwrap().first, 21);
+}
+
+#[test]
 fn repair_writes_off_only_the_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), 20);

@@ -287,6 +287,9 @@ pub fn verify(data_dir: &Path, repair: bool, json: bool) -> Result<ExitCode> {
         println!("{}", report_json(&report, repaired.as_ref()));
     } else {
         if let Some(r) = &repaired {
+            for f in &r.set_aside_engine_files {
+                println!("repair: damaged engine files set aside to {}; rebuilt from the engine's log", f.display());
+            }
             println!(
                 "repair: lost seq ranges {:?}; checkpoints set aside {:?}; {} index entries rebuilt",
                 r.lost, r.quarantined_checkpoints, r.index_entries
@@ -335,6 +338,7 @@ fn report_json(r: &VerifyReport, repaired: Option<&keelson_storage::RepairReport
             "lost": rep.lost.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
             "quarantined_checkpoints": rep.quarantined_checkpoints,
             "index_entries": rep.index_entries,
+            "set_aside_engine_files": rep.set_aside_engine_files,
         })),
     })
 }

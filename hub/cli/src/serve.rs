@@ -118,7 +118,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
     let grpc = tokio::spawn(keelson_sinks::xds::serve(grpc_listener, ads, stopping, SHUTDOWN_GRACE));
     let source_tasks: Vec<_> =
         sources.into_iter().map(|s| tokio::spawn(s.run(handle.clone(), stop_rx.clone()))).collect();
-    tracing::info!(admin = %admin_addr, grpc = %grpc_addr, data_dir = %cfg.data_dir.display(), "serving");
+    tracing::info!(admin = %admin_addr, grpc = %grpc_addr, data_dir = %display_path(&cfg.data_dir).display(), "serving");
 
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
     tick.tick().await; // the first tick is immediate
@@ -126,6 +126,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = storage_failed(&store) => break,
             _ = tick.tick() => {
                 if cfg.retention != Retention::default() {
                     // Failures are logged, never fatal: the log itself is intact.
@@ -147,7 +148,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
         tracing::warn!("NACKs still queued {SHUTDOWN_GRACE:?} after shutdown were not logged");
         nack_log.abort();
     }
-    hub.stop().await.context("stopping the hub")?;
+    stop_hub_bounded(hub, &store).await?;
     admin.await.context("admin server task")?.context("admin server")?;
     tracing::info!("stopped; log flushed");
     Ok(())
@@ -161,4 +162,86 @@ async fn compact(store: &EventStore, retention: &Retention) -> Result<()> {
         tracing::info!(?report, "retention applied");
     }
     Ok(())
+}
+
+/// How long after a storage failure the hub keeps serving (reads, xDS, a 503
+/// `/readyz` naming the failure) before it exits with [`STORAGE_FAILED_EXIT`].
+pub const STORAGE_FAILURE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Exit code of a hub whose storage failed (docs/storage.md): a restart recovers.
+pub const STORAGE_FAILED_EXIT: i32 = 3;
+
+/// Bound on the final checkpoint and flush in shutdown. Above the engine's own
+/// flush deadline, so a healthy but slow disk still finishes.
+pub const HUB_STOP_TIMEOUT: std::time::Duration =
+    keelson_storage::FLUSH_TIMEOUT.saturating_add(std::time::Duration::from_secs(10));
+
+/// Resolves [`STORAGE_FAILURE_GRACE`] after the log failed (it never writes
+/// again in-process: docs/storage.md); a signal in the meantime still wins.
+async fn storage_failed(store: &EventStore) {
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(200));
+    let reason = loop {
+        poll.tick().await;
+        if let Some(reason) = store.log().failure() {
+            break reason;
+        }
+    };
+    tracing::error!(
+        "storage failed: {reason}; exiting with code {STORAGE_FAILED_EXIT} in {STORAGE_FAILURE_GRACE:?} \
+         so the supervisor restarts the hub (a restart recovers)"
+    );
+    tokio::time::sleep(STORAGE_FAILURE_GRACE).await;
+}
+
+/// Stops the hub (final checkpoint and flush) within [`HUB_STOP_TIMEOUT`].
+/// When storage failed or the stop overran, exits with
+/// [`STORAGE_FAILED_EXIT`] right away: running destructors would call into
+/// an engine that may block forever.
+async fn stop_hub_bounded(hub: keelson_hub::Hub, store: &EventStore) -> Result<()> {
+    let stopped = tokio::time::timeout(HUB_STOP_TIMEOUT, hub.stop()).await;
+    let reason = match (&stopped, store.log().failure()) {
+        (_, Some(reason)) => reason,
+        (Err(_), None) => format!("the final checkpoint and flush did not finish within {HUB_STOP_TIMEOUT:?}"),
+        (Ok(result), None) => return result.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("stopping the hub: {e}")),
+    };
+    tracing::error!("storage failed: {reason}; exiting with code {STORAGE_FAILED_EXIT}; restart to recover");
+    std::process::exit(STORAGE_FAILED_EXIT);
+}
+
+/// `path` with `.` and `dir/..` removed, lexically (it need not exist), for
+/// messages: `examples/../keelson-data` reads as `keelson-data`.
+fn display_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::ParentDir if out.has_root() => {} // `/..` is `/`
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { ".".into() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_path;
+    use std::path::Path;
+
+    #[test]
+    fn data_dir_is_shown_without_dot_segments() {
+        for (raw, shown) in [
+            ("examples/../keelson-data", "keelson-data"),
+            ("./a/./b/../c", "a/c"),
+            ("../up/x/..", "../up"),
+            ("/srv/../data", "/data"),
+            ("/..", "/"),
+            ("a/..", "."),
+        ] {
+            assert_eq!(display_path(Path::new(raw)), Path::new(shown), "{raw}");
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}` |
+//! | `GET /readyz` | 503 until the first snapshot, then 200 `{version, degraded}`; 503 naming the reason once storage failed |
+//! | `GET /v1/storage` | `{ok, failure, damage, first_seq, last_seq}`: whether the log takes writes, and the first damage a read met |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /debug/snapshot` | `{version, seq, counts}`; `?resources=1` adds every resource with its encoded bytes (base64) |
 //! | `GET /debug/sources` | health of each source, with its current validation errors |
@@ -45,6 +46,7 @@ pub fn router(hub: HubHandle, ledger: AckLedger, registry: Arc<Registry>) -> Rou
         .route("/v1/history", get(history))
         .route("/v1/log", get(log))
         .route("/v1/state", get(state))
+        .route("/v1/storage", get(storage))
         .with_state(Admin { hub, ledger, registry })
 }
 
@@ -57,14 +59,39 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
+/// A failed read of the log: a 500 that says why, and what to do when the
+/// log is damaged.
+fn read_error(a: &Admin, message: String) -> Response {
+    match a.hub.store().log().damage() {
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Some(damage) => {
+            let body = json!({
+                "error": message,
+                "storage_damage": damage,
+                "hint": "the event log is damaged; stop the hub and run `keelson verify --repair` (docs/storage.md)",
+            });
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+        }
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
 async fn readyz(State(a): State<Admin>) -> Response {
+    if let Some(reason) = a.hub.store().log().failure() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("storage failed: {reason}; restart to recover"));
+    }
     match a.hub.current() {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet: waiting for sources to sync"),
-        Some(s) => axum::Json(json!({ "version": s.version, "degraded": a.hub.degraded() })).into_response(),
+        Some(s) => {
+            // A damaged record does not stop serving the in-memory config;
+            // it shows here (and in /v1/storage) so an operator repairs it.
+            let damage = a.hub.store().log().damage();
+            let degraded = a.hub.degraded() || damage.is_some();
+            axum::Json(json!({ "version": s.version, "degraded": degraded, "storage_damage": damage })).into_response()
+        }
     }
 }
 
@@ -185,7 +212,7 @@ async fn history(State(a): State<Admin>, Query(q): Query<HistoryQuery>) -> Respo
     .await;
     match result {
         Ok(Ok(events)) => axum::Json(Value::Array(events)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => read_error(&a, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -210,9 +237,23 @@ async fn log(State(a): State<Admin>, Query(q): Query<LogQuery>) -> Response {
     .await;
     match result {
         Ok(Ok(entries)) => axum::Json(Value::Array(entries)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => read_error(&a, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The event log's health; answered from memory, never blocked by the engine.
+async fn storage(State(a): State<Admin>) -> Response {
+    let log = a.hub.store().log();
+    let failure = log.failure();
+    axum::Json(json!({
+        "ok": failure.is_none(),
+        "failure": failure,
+        "damage": log.damage(),
+        "first_seq": log.first_seq(),
+        "last_seq": log.last_seq(),
+    }))
+    .into_response()
 }
 
 /// A rebuilt state as `keelson state --json` and `/v1/state` print it.
@@ -249,7 +290,8 @@ async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response 
     .await;
     match rebuilt {
         Ok(Ok(r)) => axum::Json(state_json(&r)).into_response(),
-        Ok(Err((status, e))) => error(status, e),
+        Ok(Err((StatusCode::BAD_REQUEST, e))) => error(StatusCode::BAD_REQUEST, e),
+        Ok(Err((_, e))) => read_error(&a, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
