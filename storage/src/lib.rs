@@ -72,9 +72,12 @@ pub type RecordIter<'a> = Box<dyn Iterator<Item = Result<Record>> + Send + 'a>;
 /// The durable, ordered log of records. Another engine can replace sled by
 /// implementing this trait; the hub never sees sled types.
 pub trait EventLog: Send + Sync {
-    /// Appends `batch` atomically and returns once it is durable. Seqs are
+    /// Appends `batch` and returns once all of it is durable. Seqs are
     /// contiguous and start at 1. An `Err` means the outcome is unknown for
-    /// this batch (it may surface after a restart); `Ok` means it is on disk.
+    /// this batch (it, or a prefix of its records, may surface after a
+    /// restart); `Ok` means it is on disk. Each record is written atomically
+    /// with its index entries; a batch of more than a thousand records may
+    /// be written in parts, so a crash during it can leave a prefix.
     fn append(&self, batch: &[NewRecord]) -> Result<SeqRange>;
 
     /// Lowest seq still held (retention may have removed older ones).

@@ -253,7 +253,7 @@ fn open_engine(dir: &Path, engine_dir: &Path) -> Result<sled::Db> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let opened =
-        catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).open()));
+        catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()));
     std::panic::set_hook(previous);
     opened
         .map_err(|_| {
@@ -300,6 +300,15 @@ fn prepare_dir(dir: &Path, create: bool) -> Result<()> {
     }
 }
 
+/// Records per sled `apply_batch` (see `append`); 1,024 measured 12.45 ->
+/// 2.65 KiB of resident memory per object for a 100k-object listing.
+const SLED_BATCH_RECORDS: usize = 1024;
+
+/// sled's page cache. Its default, 1 GiB, held what it cached of every
+/// record written since start; 32 MiB measured 2.0-2.4 KiB per object
+/// end to end (docs/benchmarks.md). Reads past it come from the OS page cache.
+const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 impl EventLog for SledEventLog {
     fn append(&self, batch: &[NewRecord]) -> Result<SeqRange> {
         if let Some(r) = batch.iter().find(|r| r.key.len() > MAX_KEY_LEN) {
@@ -315,15 +324,29 @@ impl EventLog for SledEventLog {
             // even if the wall clock steps back.
             let at = nanos_since_epoch(SystemTime::now()).max(st.last_at);
             let first = st.next_seq;
-            let mut b = sled::Batch::default();
-            for (i, rec) in batch.iter().enumerate() {
-                let seq = first + i as u64;
-                b.insert(&keys::log(seq), frame::encode(seq, RecordKind::Event, at, &rec.key, &rec.payload));
-                if !rec.key.is_empty() {
-                    b.insert(keys::by_key(&rec.key, seq), &[]);
+            // sled keeps ~10 KiB per record of one huge `apply_batch`
+            // resident for good (docs/benchmarks.md, "Hub memory per
+            // object"): a 100k-object listing cost a gigabyte. So a large
+            // batch goes to sled in chunks, each atomic with its index
+            // entries. One durable flush still covers the whole batch before
+            // `append` returns; only a crash in the middle of it can leave a
+            // prefix of whole records (never acknowledged: the source
+            // resubmits), see `EventLog::append`.
+            for (c, chunk) in batch.chunks(SLED_BATCH_RECORDS).enumerate() {
+                let chunk_first = first + (c * SLED_BATCH_RECORDS) as u64;
+                let mut b = sled::Batch::default();
+                for (i, rec) in chunk.iter().enumerate() {
+                    let seq = chunk_first + i as u64;
+                    b.insert(&keys::log(seq), frame::encode(seq, RecordKind::Event, at, &rec.key, &rec.payload));
+                    if !rec.key.is_empty() {
+                        b.insert(keys::by_key(&rec.key, seq), &[]);
+                    }
                 }
+                self.health.guard(self.log.apply_batch(b).map_err(|e| self.sled_err(e)))?;
+                let chunk_last = chunk_first + chunk.len() as u64 - 1;
+                st.next_seq = chunk_last + 1;
+                self.applied.store(chunk_last, Ordering::Release);
             }
-            self.health.guard(self.log.apply_batch(b).map_err(|e| self.sled_err(e)))?;
             let last = first + batch.len() as u64 - 1;
             st.next_seq = last + 1;
             st.last_at = at;

@@ -171,3 +171,24 @@ fn opening_without_create_refuses_an_empty_directory() {
     let err = SledEventLog::open(dir.path(), OpenOptions::default()).err().unwrap();
     assert!(err.to_string().contains("no Keelson log"), "{err}");
 }
+
+#[test]
+fn a_batch_larger_than_one_engine_write_is_contiguous_indexed_and_durable() {
+    // Large batches reach sled in parts (sled_log.rs, SLED_BATCH_RECORDS);
+    // to a reader they are one contiguous, fully indexed range.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3_000;
+    {
+        let log = open(dir.path());
+        log.append(&[rec("first", "0")]).unwrap();
+        let batch: Vec<NewRecord> = (0..n).map(|i| rec(&format!("k{}", i % 7), &i.to_string())).collect();
+        let r = log.append(&batch).unwrap();
+        assert_eq!((r.first, r.last), (2, n as u64 + 1));
+        assert_eq!(log.last_seq(), n as u64 + 1);
+    }
+    let log = open(dir.path());
+    let all = payloads(log.read_from(2));
+    assert_eq!(all, (0..n).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(log.read_key(b"k3").count(), (0..n).filter(|i| i % 7 == 3).count());
+    assert_eq!(log.append(&[rec("next", "x")]).unwrap().first, n as u64 + 2);
+}
