@@ -252,8 +252,9 @@ fn open_engine(dir: &Path, engine_dir: &Path) -> Result<sled::Db> {
     // also go unprinted. Opens are rare (start-up, CLI), so that is accepted.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened =
-        catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()));
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        sled::Config::new().path(engine_dir).mode(sled::Mode::HighThroughput).cache_capacity(SLED_CACHE_BYTES).open()
+    }));
     std::panic::set_hook(previous);
     opened
         .map_err(|_| {
