@@ -12,6 +12,30 @@ use bytes::Bytes;
 use keelson_storage::{EventLog, NewRecord, OpenOptions, SledEventLog, StorageError};
 use support::keelson;
 
+/// Waits for the writer's handles to let go of the store, then opens and
+/// drops it three times: sled writes a snapshot of its page table when the last
+/// handle drops, and after this it surely covers every page even on a
+/// loaded machine (else a page may still sit in the tail sled replays on
+/// open, and damage shows at open instead of at the read a test is about).
+fn settle(dir: &Path) {
+    for _ in 0..3 {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledEventLog::open(dir, OpenOptions::default()) {
+                Err(StorageError::Locked { .. }) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => break drop(other.unwrap()),
+            }
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while matches!(SledEventLog::open(dir, OpenOptions::default()), Err(StorageError::Locked { .. })) {
+        assert!(Instant::now() < end, "the store stayed locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn write_store(dir: &Path, n: u64) {
     {
         let log = SledEventLog::open(dir, OpenOptions { create: true, repair: false }).unwrap();
@@ -21,40 +45,7 @@ fn write_store(dir: &Path, n: u64) {
             log.append(&[NewRecord { key, payload: Bytes::from(payload) }]).unwrap();
         }
     }
-    // sled's threads let go of the directory lock a moment after the drop.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        match SledEventLog::open(dir, OpenOptions::default()) {
-            Err(StorageError::Locked { .. }) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-            other => break drop(other.unwrap()),
-        }
-    }
-    // That open wrote sled's snapshot file; wait until it is released too.
-    // sled writes a snapshot of its page table when the last handle drops;
-    // open and drop once more after the writer's handles are gone, so that
-    // snapshot surely covers every page even on a loaded machine (else a
-    // page may still sit in the tail sled replays on open, and the damage
-    // shows at open instead of at the read this test is about).
-    for _ in 0..2 {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match SledEventLog::open(dir, OpenOptions::default()) {
-                Err(StorageError::Locked { .. }) => {
-                    assert!(Instant::now() < end, "the store stayed locked");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                opened => {
-                    drop(opened.unwrap());
-                    break;
-                }
-            }
-        }
-    }
-    let end = Instant::now() + Duration::from_secs(10);
-    while matches!(SledEventLog::open(dir, OpenOptions::default()), Err(StorageError::Locked { .. })) {
-        assert!(Instant::now() < end, "the store stayed locked");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    settle(dir);
 }
 
 fn engine_file(dir: &Path, prefix: &str) -> std::path::PathBuf {
@@ -194,31 +185,7 @@ fn write_big_store(dir: &Path) {
             log.append(&batch).unwrap();
         }
     }
-    // sled writes a snapshot of its page table when the last handle drops;
-    // open and drop once more after the writer's handles are gone, so that
-    // snapshot surely covers every page even on a loaded machine (else a
-    // page may still sit in the tail sled replays on open, and the damage
-    // shows at open instead of at the read this test is about).
-    for _ in 0..2 {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match SledEventLog::open(dir, OpenOptions::default()) {
-                Err(StorageError::Locked { .. }) => {
-                    assert!(Instant::now() < end, "the store stayed locked");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                opened => {
-                    drop(opened.unwrap());
-                    break;
-                }
-            }
-        }
-    }
-    let end = Instant::now() + Duration::from_secs(10);
-    while matches!(SledEventLog::open(dir, OpenOptions::default()), Err(StorageError::Locked { .. })) {
-        assert!(Instant::now() < end, "the store stayed locked");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    settle(dir);
 }
 
 #[test]
