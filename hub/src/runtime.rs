@@ -395,6 +395,7 @@ impl Ingest {
                 .any(|f| path.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
         };
         let mut out = Vec::with_capacity(ops.len());
+        let mut released = false;
         for op in ops {
             match &op {
                 Op::Upsert { key, .. } if let Err(e) = crate::object::check_key(key) => {
@@ -405,6 +406,7 @@ impl Ingest {
                 }
                 Op::Upsert { key, body, .. } => {
                     if self.held.release(&origin, key) {
+                        released = true;
                         tracing::info!(source = %origin, %key, "listed again: its held deletion is off");
                     }
                     if let Some(seen) = self.syncing.get_mut(&origin) {
@@ -445,7 +447,9 @@ impl Ingest {
             }
         }
         let held = if guarded { self.hold_mass_deletion(&origin, &mut out) } else { 0 };
-        self.report_held(&origin);
+        if held > 0 || released {
+            self.report_held(&origin);
+        }
         let mut outcome = Outcome { appended: None, changed: 0, version: self.state.version, held };
         if out.is_empty() {
             return Ok(outcome);
@@ -557,8 +561,9 @@ impl Ingest {
             .filter(|k| self.state.resources.get(k).is_some_and(|e| &e.origin == origin))
             .map(|key| Op::Delete { key, source_version: "mass-deletion confirmed".into() })
             .collect();
-        self.ingest(origin.clone(), ops, &[], false).await?;
-        Ok(count)
+        let applied = self.ingest(origin.clone(), ops, &[], false).await;
+        self.report_held(origin);
+        applied.map(|_| count)
     }
 
     /// Shows a source's held deletions in its health and metrics.

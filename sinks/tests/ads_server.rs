@@ -18,18 +18,7 @@ use tonic::{Code, Status};
 
 /// Starts the server on an OS-chosen loopback port; stops with the runtime.
 async fn start(cfg: XdsConfig) -> (String, Config) {
-    let (mut config, rx) = Config::new();
-    config.upsert(cluster("a"));
-    config.publish();
-    let (server, _ledger, _nacks) = server(rx, cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keelson_sinks::xds::serve(
-        listener,
-        server,
-        std::future::pending(),
-        keelson_sinks::xds::SHUTDOWN_GRACE,
-    ));
+    let (addr, config, _) = serve_on_loopback(cfg).await;
     (format!("http://{addr}"), config)
 }
 

@@ -19,22 +19,8 @@ use tokio_stream::StreamExt;
 /// The client half of an HTTP/2 handshake: the preface and empty SETTINGS.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-/// Starts the server on an OS-chosen loopback port; stops with the runtime.
 async fn start(cfg: XdsConfig) -> (std::net::SocketAddr, Config, Arc<Shared>) {
-    let (mut config, rx) = Config::new();
-    config.upsert(cluster("a"));
-    config.publish();
-    let (server, _ledger, _nacks) = server(rx, cfg);
-    let shared = server.shared().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keelson_sinks::xds::serve(
-        listener,
-        server,
-        std::future::pending(),
-        keelson_sinks::xds::SHUTDOWN_GRACE,
-    ));
-    (addr, config, shared)
+    serve_on_loopback(cfg).await
 }
 
 /// Reads until the server closes the connection (EOF or reset).

@@ -48,6 +48,20 @@ fn write_store(dir: &Path, n: u64) {
     settle(dir);
 }
 
+/// Flips one bit inside every copy of `record` in sled's `db`: sled may also
+/// hold superseded copies of a page, and hitting all of them is sure to hit
+/// the live one.
+fn flip_every_copy(db: &Path, record: &[u8]) {
+    let mut raw = std::fs::read(db).unwrap();
+    let copies: Vec<usize> =
+        raw.windows(record.len()).enumerate().filter(|(_, w)| *w == record).map(|(i, _)| i).collect();
+    assert!(!copies.is_empty(), "record bytes not found in sled/db");
+    for pos in copies {
+        raw[pos + 10] ^= 0x04;
+    }
+    std::fs::write(db, raw).unwrap();
+}
+
 fn engine_file(dir: &Path, prefix: &str) -> std::path::PathBuf {
     std::fs::read_dir(dir.join("sled"))
         .unwrap()
@@ -111,15 +125,7 @@ fn a_flipped_bit_in_a_live_page_is_exit_1_and_never_a_backtrace() {
     write_store(dir.path(), 50);
     let d = dir.path().to_str().unwrap();
     let db = dir.path().join("sled/db");
-    // Every copy sled holds of the record, so the live page is hit.
-    let mut raw = std::fs::read(&db).unwrap();
-    let copies: Vec<usize> =
-        raw.windows(18).enumerate().filter(|(_, w)| *w == b"payload-0025-MARKE").map(|(i, _)| i).collect();
-    assert!(!copies.is_empty(), "record bytes not found in sled/db");
-    for pos in copies {
-        raw[pos + 10] ^= 0x04;
-    }
-    std::fs::write(&db, raw).unwrap();
+    flip_every_copy(&db, b"payload-0025-MARKE");
 
     let (code, stdout, _) = run(&["verify", "--data-dir", d]);
     assert_eq!(code, Some(1), "{stdout}");
@@ -194,16 +200,7 @@ fn a_flipped_bit_in_an_old_page_is_named_by_seq_and_repaired_by_rebuilding() {
     write_big_store(dir.path());
     let d = dir.path().to_str().unwrap();
     let db = dir.path().join("sled/db");
-    // sled may also hold superseded copies of a page; flipping the record's
-    // bytes in every copy is sure to hit the live one.
-    let mut raw = std::fs::read(&db).unwrap();
-    let copies: Vec<usize> =
-        raw.windows(18).enumerate().filter(|(_, w)| *w == b"payload-00025-MARK").map(|(i, _)| i).collect();
-    assert!(!copies.is_empty(), "record bytes not found in sled/db");
-    for pos in copies {
-        raw[pos + 10] ^= 0x04;
-    }
-    std::fs::write(&db, raw).unwrap();
+    flip_every_copy(&db, b"payload-00025-MARK");
 
     // Exit 1 (damage), naming the seq range the damaged page holds.
     let (code, stdout, _) = run(&["verify", "--data-dir", d]);

@@ -158,6 +158,27 @@ pub fn server(
     (server, ledger, nacks)
 }
 
+/// Serves one cluster over real HTTP/2 on an OS-chosen loopback port; the
+/// server stops with the runtime.
+pub async fn serve_on_loopback(
+    cfg: XdsConfig,
+) -> (std::net::SocketAddr, Config, Arc<keelson_sinks::xds::session::Shared>) {
+    let (mut config, rx) = Config::new();
+    config.upsert(cluster("a"));
+    config.publish();
+    let (server, _ledger, _nacks) = server(rx, cfg);
+    let shared = server.shared().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keelson_sinks::xds::serve(
+        listener,
+        server,
+        std::future::pending(),
+        keelson_sinks::xds::SHUTDOWN_GRACE,
+    ));
+    (addr, config, shared)
+}
+
 pub fn node(id: &str, cluster: &str) -> Option<Node> {
     Some(Node { id: id.into(), cluster: cluster.into(), ..Node::default() })
 }
