@@ -1,7 +1,8 @@
 //! Compiles the project's own .proto files with protox (pure Rust: no system
-//! `protoc` is needed) and generates prost types for them; and builds a
-//! descriptor set of the Envoy resource types from the `.proto` sources that
-//! the envoy-types crate ships, for proto3-JSON transcoding at run time.
+//! `protoc` is needed) and generates prost types for them; and builds one
+//! descriptor set of the Envoy resource types (from the `.proto` sources the
+//! envoy-types crate ships) and the Istio kinds (the project's own files),
+//! for proto3-JSON transcoding at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,14 +57,41 @@ fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(Path::new(manifest_path).parent().ok_or("manifest has no parent")?.to_path_buf())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let envoy = envoy_types_dir()?.join("proto");
-    let includes: Vec<PathBuf> = ENVOY_INCLUDES.iter().map(|d| envoy.join(d)).collect();
-    let envoy_fds = protox::compile(ENVOY_ROOTS, &includes)?;
-    let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("envoy_descriptor_set.bin"), prost::Message::encode_to_vec(&envoy_fds))?;
+/// Every `.proto` file under `dir`, as paths relative to `root`, sorted.
+fn protos_under(root: &Path, dir: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.join(dir)];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                let rel = path.strip_prefix(root)?.to_str().ok_or("non-UTF-8 proto path")?;
+                found.push(rel.replace(std::path::MAIN_SEPARATOR, "/"));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
 
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    // One descriptor pool for every message Keelson transcodes: the Envoy
+    // resource types and the Istio kinds (the project's own .proto files
+    // under proto/istio, written from istio/api's wire format).
+    let envoy = envoy_types_dir()?.join("proto");
+    let mut includes: Vec<PathBuf> = ENVOY_INCLUDES.iter().map(|d| envoy.join(d)).collect();
+    includes.push(root.clone());
+    let mut roots: Vec<String> = ENVOY_ROOTS.iter().map(|s| s.to_string()).collect();
+    roots.extend(protos_under(&root, "istio")?);
+    let pool_fds = protox::compile(&roots, &includes)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("descriptor_set.bin"), prost::Message::encode_to_vec(&pool_fds))?;
+
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }

@@ -23,7 +23,7 @@ pub enum EnvoyError {
 }
 
 fn descriptor(message: &str) -> Result<MessageDescriptor, EnvoyError> {
-    keelson_proto::envoy_descriptors()
+    keelson_proto::descriptors()
         .get_message_by_name(message)
         .ok_or_else(|| EnvoyError::UnknownMessage { message: message.to_string() })
 }
@@ -169,7 +169,7 @@ fn write_canonical(desc: &MessageDescriptor, bytes: &[u8], out: &mut Vec<u8>) {
             }
             _ if is_any && f.number == 2 && f.wire_type == 2 => {
                 flush_map(&mut pending_map, out);
-                match any_type.as_deref().and_then(|t| keelson_proto::envoy_descriptors().get_message_by_name(t)) {
+                match any_type.as_deref().and_then(|t| keelson_proto::descriptors().get_message_by_name(t)) {
                     Some(sub) => {
                         let mut inner = Vec::with_capacity(f.payload.len());
                         write_canonical(&sub, f.payload, &mut inner);

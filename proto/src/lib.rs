@@ -18,19 +18,21 @@ pub mod mcp {
     include!(concat!(env!("OUT_DIR"), "/istio.mcp.v1alpha1.rs"));
 }
 
-/// Descriptors of the Envoy resource types (and everything they reference),
-/// compiled at build time from the `.proto` sources envoy-types ships. Used
-/// to transcode the proto3 JSON users write into protobuf, and back.
-pub fn envoy_descriptors() -> &'static prost_reflect::DescriptorPool {
+/// Descriptors of every message Keelson transcodes: the Envoy resource types
+/// (from the `.proto` sources envoy-types ships) and the Istio kinds (the
+/// project's own `.proto` files under `proto/istio`), with everything they
+/// reference, compiled at build time into one pool. Used to transcode the
+/// proto3 JSON users write into protobuf, and back.
+pub fn descriptors() -> &'static prost_reflect::DescriptorPool {
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        prost_reflect::DescriptorPool::decode(envoy_descriptor_set()).expect("descriptor set built by build.rs decodes")
+        prost_reflect::DescriptorPool::decode(descriptor_set()).expect("descriptor set built by build.rs decodes")
     })
 }
 
-/// The encoded descriptor set behind [`envoy_descriptors`], for gRPC reflection.
-pub fn envoy_descriptor_set() -> &'static [u8] {
-    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"))
+/// The encoded descriptor set behind [`descriptors`], for gRPC reflection.
+pub fn descriptor_set() -> &'static [u8] {
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"))
 }
 
 /// Pre-encoded xDS responses, `keelson.xds.v1`.
@@ -68,7 +70,7 @@ mod tests {
 
     #[test]
     fn envoy_descriptors_hold_the_resource_types() {
-        let pool = envoy_descriptors();
+        let pool = descriptors();
         for name in [
             "envoy.config.cluster.v3.Cluster",
             "envoy.config.listener.v3.Listener",
