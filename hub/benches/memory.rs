@@ -118,6 +118,25 @@ async fn wait_for(hub: &HubHandle, resources: usize) {
     }
 }
 
+/// Waits until the live heap stops moving (background checkpoints written,
+/// sled's deferred frees run), so a row shows what stays, not a transient:
+/// polls every 250 ms until the heap has stayed within 1 MiB for 3 s, or 60 s.
+async fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut low, mut high) = (i64::MAX, i64::MIN);
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = LIVE.load(Ordering::Relaxed);
+        (low, high) = (low.min(now), high.max(now));
+        if high - low >= 1 << 20 {
+            (low, high, since) = (now, now, Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(3) {
+            return;
+        }
+    }
+}
+
 fn row(phase: &str, objects: usize, body_bytes: usize, base: (i64, i64)) {
     let (rss, live) = (rss_bytes(), LIVE.load(Ordering::Relaxed));
     let per = |total: i64| {
@@ -206,6 +225,7 @@ fn main() {
             store.append(&origin, part).unwrap();
         }
         drop(ops);
+        rt.block_on(settle());
         println!(
             "ops {:.1} MiB; after append: live heap {:.1} MiB above the empty log, RSS {:.1} MiB",
             (before - base) as f64 / 1048576.0,
@@ -230,16 +250,19 @@ fn main() {
         row("empty hub", 0, 0, base);
         let svc_bytes = load(&handle, &origin, services, service).await;
         wait_for(&handle, services).await;
+        settle().await;
         row("Services loaded", services, svc_bytes, base);
         let other = SourceId::new(SourceKind::File, "bench-slices");
         let slice_bytes = load(&handle, &other, slices, endpoint_slice).await;
         wait_for(&handle, services + slices).await;
+        settle().await;
         row("+ EndpointSlices loaded", services + slices, svc_bytes + slice_bytes, base);
         // Deleting everything: each source lists nothing.
         for o in [&origin, &other] {
             handle.submit(o.clone(), vec![Op::SyncStart, Op::SyncDone]).await.unwrap();
         }
         wait_for(&handle, 0).await;
+        settle().await;
         row("all deleted", 0, 0, base);
         println!("\nafter deletion: RSS {:.1} MiB above the empty hub, live heap {:.1} MiB above it",
             (rss_bytes() - base.0) as f64 / 1048576.0, (LIVE.load(Ordering::Relaxed) - base.1) as f64 / 1048576.0);

@@ -75,6 +75,7 @@ impl Health {
 }
 
 type Job<T> = Box<dyn FnMut(u64, T) -> Result<u64> + Send>;
+pub(crate) type IdleJob = Box<dyn FnMut() + Send>;
 type Request<T> = (u64, T, mpsc::SyncSender<Result<u64>>);
 
 /// Runs flushes on a dedicated thread so a caller waits at most a deadline.
@@ -88,16 +89,38 @@ pub(crate) struct Flusher<T> {
     requests: Mutex<mpsc::Sender<Request<T>>>,
 }
 
+/// How long the flush thread waits for more work before it counts a burst
+/// of writes as over and runs its idle job once.
+const IDLE_AFTER: Duration = Duration::from_millis(200);
+
 impl<T: Send + 'static> Flusher<T> {
-    pub fn start(name: &str, mut job: Job<T>) -> Result<Self> {
+    /// `on_idle` runs once on the flush thread after each burst of flushes
+    /// (no request for [`IDLE_AFTER`]); an idle log never wakes the thread.
+    pub fn start(name: &str, mut job: Job<T>, mut on_idle: IdleJob) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Request<T>>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                // Ends when the log (the only sender) is dropped.
-                for (covered, context, reply) in rx {
+                let mut busy = false;
+                loop {
+                    let next = if busy {
+                        match rx.recv_timeout(IDLE_AFTER) {
+                            Ok(request) => Some(request),
+                            Err(RecvTimeoutError::Timeout) => {
+                                on_idle();
+                                busy = false;
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    } else {
+                        rx.recv().ok()
+                    };
+                    // Ends when the log (the only sender) is dropped.
+                    let Some((covered, context, reply)) = next else { break };
                     let outcome = job(covered, context);
                     let _ = reply.send(outcome);
+                    busy = true;
                 }
             })
             .map_err(|e| StorageError::Engine(format!("cannot start the flush thread: {e}")))?;
@@ -136,12 +159,48 @@ mod tests {
                 let _ = never_rx.lock().unwrap().recv(); // blocks: the sender lives on
                 Ok(0)
             }),
+            Box::new(|| {}),
         )
         .unwrap();
         let started = Instant::now();
         let err = flusher.flush(1, (), Duration::from_millis(200)).unwrap_err();
         assert!(err.to_string().contains("did not finish"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_idle_job_runs_once_after_each_burst_and_never_on_an_idle_log() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let idle_runs = Arc::new(AtomicUsize::new(0));
+        let counter = idle_runs.clone();
+        let flusher = Flusher::start(
+            "test-flusher",
+            Box::new(|covered, ()| Ok(covered)),
+            Box::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let wait_for_runs = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while idle_runs.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "the idle job did not run {n} time(s)");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // Nothing written yet: the thread sleeps on its queue.
+        std::thread::sleep(IDLE_AFTER * 3);
+        assert_eq!(idle_runs.load(Ordering::SeqCst), 0, "an idle log woke its flush thread");
+        // A burst of flushes (closer together than IDLE_AFTER) is one burst.
+        for seq in 1..=20 {
+            assert_eq!(flusher.flush(seq, (), Duration::from_secs(5)).unwrap(), seq);
+        }
+        wait_for_runs(1);
+        std::thread::sleep(IDLE_AFTER * 3);
+        assert_eq!(idle_runs.load(Ordering::SeqCst), 1, "the idle job ran again with nothing written");
+        flusher.flush(21, (), Duration::from_secs(5)).unwrap();
+        wait_for_runs(2);
     }
 
     #[test]
