@@ -101,6 +101,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         // Payloads and pre-encoded resources are shared, not copied.
         .bytes(".")
+        // Sorted maps encode the same in every process: an MCP item's bytes
+        // are a function of the object and its version alone.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `State` ⇄ checkpoint blob, with rkyv.
 //!
 //! rkyv has no schema evolution, so the layout is versioned by the format tag
-//! the log stores beside the blob ([`FORMAT_V1`]); a new layout gets a new tag
+//! the log stores beside the blob ([`FORMAT_V2`]); a new layout gets a new tag
 //! and this module keeps reading the old ones. sled hands back unaligned
 //! bytes, so a blob is copied into an aligned buffer before it is validated.
 
@@ -9,11 +9,15 @@ use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use crate::event::{Body, ResourceKey, SourceId, SourceKind};
 use crate::state::{ResourceEntry, State};
 
-/// Format tag of [`CheckpointV1`] blobs.
+/// Format tag of [`CheckpointV1`] blobs (no creation times; read, not written).
 pub const FORMAT_V1: u32 = 0x4b43_0001; // "KC" v1
+/// Format tag of [`CheckpointV2`] blobs: V1 plus each entry's creation time.
+pub const FORMAT_V2: u32 = 0x4b43_0002; // "KC" v2
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointV1 {
@@ -38,6 +42,32 @@ struct EntryV1 {
     location: String,
     /// The encoded wire form, so a cold start does not re-transcode everything.
     encoded: Option<Vec<u8>>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct CheckpointV2 {
+    seq: u64,
+    version: u64,
+    entries: Vec<EntryV2>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EntryV2 {
+    group: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    version: u64,
+    body: Vec<u8>,
+    hash: [u8; 16],
+    origin_kind: u8,
+    origin_name: String,
+    origin_cluster: String,
+    source_version: String,
+    location: String,
+    encoded: Option<Vec<u8>>,
+    /// Nanoseconds since the Unix epoch.
+    created_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +100,15 @@ fn kind_from_u8(k: u8) -> SourceKind {
     }
 }
 
-/// Encodes a state as a [`FORMAT_V1`] blob.
+/// Encodes a state as a [`FORMAT_V2`] blob.
 pub fn encode(state: &State) -> AlignedVec {
-    let cp = CheckpointV1 {
+    let cp = CheckpointV2 {
         seq: state.seq,
         version: state.version,
         entries: state
             .resources
             .iter()
-            .map(|(k, e)| EntryV1 {
+            .map(|(k, e)| EntryV2 {
                 group: k.group.clone(),
                 kind: k.kind.clone(),
                 namespace: k.namespace.clone(),
@@ -92,46 +122,85 @@ pub fn encode(state: &State) -> AlignedVec {
                 source_version: e.source_version.clone(),
                 location: e.location.clone(),
                 encoded: e.encoded.as_ref().map(|b| b.to_vec()),
+                created_at: nanos(e.created_at),
             })
             .collect(),
     };
     rkyv::to_bytes::<rancor::Error>(&cp).expect("serializing owned data into memory cannot fail")
 }
 
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Decodes a blob stored with `format`, validating it first.
 pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
-    if format != FORMAT_V1 {
-        return Err(CheckpointError::UnknownFormat(format));
-    }
     let mut aligned = AlignedVec::<16>::with_capacity(blob.len());
     aligned.extend_from_slice(blob);
-    let archived = rkyv::access::<ArchivedCheckpointV1, rancor::Error>(&aligned)
-        .map_err(|e| CheckpointError::Invalid(e.to_string()))?;
+    let invalid = |e: rancor::Error| CheckpointError::Invalid(e.to_string());
     let mut counts = std::collections::BTreeMap::new();
-    let resources = archived
-        .entries
-        .iter()
-        .map(|e| {
-            let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
-            let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
-            let entry = ResourceEntry {
-                version: e.version.to_native(),
-                serving: crate::state::Serving::of(&body),
-                body,
-                origin: SourceId {
-                    kind: kind_from_u8(e.origin_kind),
-                    name: e.origin_name.to_string(),
-                    cluster: e.origin_cluster.to_string(),
-                },
-                source_version: e.source_version.to_string(),
-                location: e.location.to_string(),
-                encoded: e.encoded.as_ref().map(|b| Bytes::copy_from_slice(b)),
-            };
-            *counts.entry((key.group.clone(), key.kind.clone())).or_insert(0) += 1;
-            (key, std::sync::Arc::new(entry))
-        })
-        .collect();
-    Ok(State { seq: archived.seq.to_native(), version: archived.version.to_native(), resources, counts })
+    let mut count = |key: &ResourceKey| *counts.entry((key.group.clone(), key.kind.clone())).or_insert(0) += 1;
+    let origin = |kind: u8, name: &str, cluster: &str| SourceId {
+        kind: kind_from_u8(kind),
+        name: name.to_string(),
+        cluster: cluster.to_string(),
+    };
+    let (seq, version, resources) = match format {
+        FORMAT_V2 => {
+            let archived = rkyv::access::<ArchivedCheckpointV2, rancor::Error>(&aligned).map_err(invalid)?;
+            let resources = archived
+                .entries
+                .iter()
+                .map(|e| {
+                    let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
+                    let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
+                    let entry = ResourceEntry {
+                        version: e.version.to_native(),
+                        serving: crate::state::Serving::of(&body),
+                        body,
+                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
+                        source_version: e.source_version.to_string(),
+                        location: e.location.to_string(),
+                        encoded: e.encoded.as_ref().map(|b| Bytes::copy_from_slice(b)),
+                        created_at: UNIX_EPOCH + Duration::from_nanos(e.created_at.to_native()),
+                    };
+                    count(&key);
+                    (key, std::sync::Arc::new(entry))
+                })
+                .collect();
+            (archived.seq.to_native(), archived.version.to_native(), resources)
+        }
+        // Written before entries had creation times and Istio kinds an
+        // encoding: each entry is rebuilt (so it gets its wire form), with
+        // the creation time its body states, else the epoch. Only objects
+        // that already existed at the upgrade carry that placeholder.
+        FORMAT_V1 => {
+            let archived = rkyv::access::<ArchivedCheckpointV1, rancor::Error>(&aligned).map_err(invalid)?;
+            let resources = archived
+                .entries
+                .iter()
+                .map(|e| {
+                    let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
+                    let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
+                    let created_at = crate::state::stated_creation(&body).unwrap_or(UNIX_EPOCH);
+                    let entry = ResourceEntry::new(
+                        &key,
+                        e.version.to_native(),
+                        body,
+                        origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
+                        e.source_version.to_string(),
+                        e.location.to_string(),
+                        created_at,
+                    );
+                    count(&key);
+                    (key, std::sync::Arc::new(entry))
+                })
+                .collect();
+            (archived.seq.to_native(), archived.version.to_native(), resources)
+        }
+        other => return Err(CheckpointError::UnknownFormat(other)),
+    };
+    Ok(State { seq, version, resources, counts })
 }
 
 #[cfg(test)]
@@ -161,13 +230,14 @@ mod tests {
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.
         let mut unaligned = vec![0u8];
         unaligned.extend_from_slice(&blob);
-        assert_eq!(decode(FORMAT_V1, &unaligned[1..]).unwrap(), state);
+        assert_eq!(decode(FORMAT_V2, &unaligned[1..]).unwrap(), state);
     }
 
     #[test]
     fn wrong_format_or_garbage_is_refused() {
         let blob = encode(&State::default());
         assert!(matches!(decode(7, &blob), Err(CheckpointError::UnknownFormat(7))));
+        assert!(matches!(decode(FORMAT_V2, &[1, 2, 3]), Err(CheckpointError::Invalid(_))));
         assert!(matches!(decode(FORMAT_V1, &[1, 2, 3]), Err(CheckpointError::Invalid(_))));
     }
 }

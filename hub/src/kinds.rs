@@ -8,8 +8,12 @@ pub enum Encoding {
     /// A raw Envoy resource: `spec` is the message in proto3 JSON.
     /// `name_field` is the message field that holds the resource name.
     Envoy { message: &'static str, name_field: &'static str },
-    /// An Istio config object: `spec` must be an object holding `required` fields.
-    Istio { required: &'static [&'static str] },
+    /// An Istio config object: `spec` is the message in proto3 JSON (the
+    /// project's own .proto files, istio/api's wire format) and must hold
+    /// `required` fields. `message` is its proto name, which is also the MCP
+    /// body's type, whatever API version the object was written in
+    /// (PROTOCOL.md §4).
+    Istio { message: &'static str, required: &'static [&'static str] },
     /// A Kubernetes object carried for service discovery.
     Kubernetes { required: &'static [&'static str] },
 }
@@ -33,6 +37,14 @@ impl KindInfo {
             _ => None,
         }
     }
+
+    /// The protobuf message a kind's `spec` transcodes to, if it has one.
+    pub fn message(&self) -> Option<&'static str> {
+        match self.encoding {
+            Encoding::Envoy { message, .. } | Encoding::Istio { message, .. } => Some(message),
+            Encoding::Kubernetes { .. } => None,
+        }
+    }
 }
 
 pub const ENVOY_GROUP: &str = "xds.keelson.dev";
@@ -47,12 +59,17 @@ const fn envoy(kind: &'static str, message: &'static str, name_field: &'static s
     }
 }
 
-const fn istio(group: &'static str, kind: &'static str, required: &'static [&'static str]) -> KindInfo {
+const fn istio(
+    group: &'static str,
+    kind: &'static str,
+    message: &'static str,
+    required: &'static [&'static str],
+) -> KindInfo {
     KindInfo {
         group,
         kind,
         namespaced: true,
-        encoding: Encoding::Istio { required },
+        encoding: Encoding::Istio { message, required },
         name_rule: NameRule::Dns1123Subdomain,
     }
 }
@@ -65,20 +82,20 @@ pub const KINDS: &[KindInfo] = &[
     envoy("RouteConfiguration", "envoy.config.route.v3.RouteConfiguration", "name"),
     envoy("ClusterLoadAssignment", "envoy.config.endpoint.v3.ClusterLoadAssignment", "cluster_name"),
     envoy("Secret", "envoy.extensions.transport_sockets.tls.v3.Secret", "name"),
-    istio("networking.istio.io", "VirtualService", &["hosts"]),
-    istio("networking.istio.io", "DestinationRule", &["host"]),
-    istio("networking.istio.io", "Gateway", &["servers"]),
-    istio("networking.istio.io", "ServiceEntry", &["hosts"]),
-    istio("networking.istio.io", "Sidecar", &[]),
-    istio("networking.istio.io", "WorkloadEntry", &[]),
-    istio("networking.istio.io", "WorkloadGroup", &["template"]),
-    istio("networking.istio.io", "EnvoyFilter", &[]),
-    istio("networking.istio.io", "ProxyConfig", &[]),
-    istio("security.istio.io", "AuthorizationPolicy", &[]),
-    istio("security.istio.io", "PeerAuthentication", &[]),
-    istio("security.istio.io", "RequestAuthentication", &[]),
-    istio("telemetry.istio.io", "Telemetry", &[]),
-    istio("extensions.istio.io", "WasmPlugin", &["url"]),
+    istio("networking.istio.io", "VirtualService", "istio.networking.v1alpha3.VirtualService", &["hosts"]),
+    istio("networking.istio.io", "DestinationRule", "istio.networking.v1alpha3.DestinationRule", &["host"]),
+    istio("networking.istio.io", "Gateway", "istio.networking.v1alpha3.Gateway", &["servers"]),
+    istio("networking.istio.io", "ServiceEntry", "istio.networking.v1alpha3.ServiceEntry", &["hosts"]),
+    istio("networking.istio.io", "Sidecar", "istio.networking.v1alpha3.Sidecar", &[]),
+    istio("networking.istio.io", "WorkloadEntry", "istio.networking.v1alpha3.WorkloadEntry", &[]),
+    istio("networking.istio.io", "WorkloadGroup", "istio.networking.v1alpha3.WorkloadGroup", &["template"]),
+    istio("networking.istio.io", "EnvoyFilter", "istio.networking.v1alpha3.EnvoyFilter", &[]),
+    istio("networking.istio.io", "ProxyConfig", "istio.networking.v1beta1.ProxyConfig", &[]),
+    istio("security.istio.io", "AuthorizationPolicy", "istio.security.v1beta1.AuthorizationPolicy", &[]),
+    istio("security.istio.io", "PeerAuthentication", "istio.security.v1beta1.PeerAuthentication", &[]),
+    istio("security.istio.io", "RequestAuthentication", "istio.security.v1beta1.RequestAuthentication", &[]),
+    istio("telemetry.istio.io", "Telemetry", "istio.telemetry.v1alpha1.Telemetry", &[]),
+    istio("extensions.istio.io", "WasmPlugin", "istio.extensions.v1alpha1.WasmPlugin", &["url"]),
     // kube-apiserver validates Service names as DNS-1035 labels (ValidateServiceName).
     KindInfo {
         group: "",

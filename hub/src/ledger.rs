@@ -26,6 +26,16 @@ pub enum SyncStatus {
     NotSent,
 }
 
+/// What a client speaks: Envoy xDS, or Istio MCP over xDS (an istiod).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "xDS")]
+    Xds,
+    #[serde(rename = "MCP")]
+    Mcp,
+}
+
 /// Bookkeeping for one type URL on one proxy.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TypeRecord {
@@ -76,6 +86,7 @@ pub struct ProxyRecord {
     pub group: Option<String>,
     /// `sotw` or `delta`.
     pub stream: &'static str,
+    pub protocol: Protocol,
     pub user_agent: String,
     pub peer: String,
     #[serde(with = "opt_time")]
@@ -90,6 +101,7 @@ impl ProxyRecord {
             cluster: cluster.into(),
             group: None,
             stream,
+            protocol: Protocol::Xds,
             user_agent: String::new(),
             peer: String::new(),
             connected_at: Some(SystemTime::now()),

@@ -7,13 +7,13 @@
 
 pub mod checkpoint;
 pub mod codec;
-pub mod envoy;
 pub mod event;
 pub mod guard;
 pub mod json;
 pub mod kinds;
 pub mod ledger;
 pub mod lint;
+pub mod mcp;
 pub mod metrics;
 pub mod names;
 pub mod object;
@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod transcode;
 
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
 pub use ledger::{AckLedger, ProxyRecord, SyncStatus};

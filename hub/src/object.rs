@@ -7,10 +7,10 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::envoy;
 use crate::event::{Body, ResourceKey};
 use crate::kinds::{self, Encoding, KindInfo};
 use crate::names;
+use crate::transcode;
 
 /// Limits every object is held to, whichever source it came from
 /// (`[limits]` in keelson.toml).
@@ -42,7 +42,9 @@ pub struct ValidObject {
 
 /// Metadata fields kept in the canonical body; the rest (resourceVersion,
 /// uid, managedFields, timestamps…) changes without the config changing.
-const KEPT_METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
+/// `creationTimestamp` stays: it changes only when the object is recreated,
+/// and MCP sends it.
+const KEPT_METADATA: &[&str] = &["name", "namespace", "labels", "annotations", "creationTimestamp"];
 
 /// [`parse_object_within`] the default [`Limits`].
 pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
@@ -85,9 +87,12 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
             encoded_len = Some(len);
             name
         }
-        Encoding::Istio { required } => {
+        Encoding::Istio { message, required } => {
             let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
             require(spec, required, "spec.")?;
+            // Transcoded now, so a misspelled field or a bad enum value is
+            // this object's error, not a surprise in every istiod.
+            transcode::encode_json(message, &Value::Object(spec.clone())).map_err(|e| e.to_string())?;
             meta_name.to_string()
         }
         Encoding::Kubernetes { required } => {
@@ -177,7 +182,7 @@ fn check_envoy(
     };
     let mut spec = spec.clone();
     spec.insert(name_field.to_string(), Value::String(name.to_string()));
-    let encoded = envoy::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
+    let encoded = transcode::encode_json(message, &Value::Object(spec)).map_err(|e| e.to_string())?;
     // The Any adds the type URL and two short headers to the message.
     let any_len = encoded.len() + message.len() + 32;
     Ok((name.to_string(), any_len))
@@ -187,6 +192,19 @@ fn check_envoy(
 /// surprise a proxy later.
 fn check_serving_metadata(meta: &Map<String, Value>) -> Result<(), String> {
     use crate::state::{PROXY_GROUP_LABEL, TTL_ANNOTATION};
+    if let Some(created) = meta.get("creationTimestamp")
+        && created.as_str().is_none_or(|t| humantime::parse_rfc3339_weak(t).is_err())
+    {
+        return Err(format!("metadata.creationTimestamp = {created} is not an RFC 3339 time"));
+    }
+    for field in ["labels", "annotations"] {
+        if let Some(map) = meta.get(field) {
+            let strings = map.is_null() || map.as_object().is_some_and(|m| m.values().all(Value::is_string));
+            if !strings {
+                return Err(format!("metadata.{field} must map strings to strings"));
+            }
+        }
+    }
     if let Some(group) = meta.get("labels").and_then(|l| l.get(PROXY_GROUP_LABEL))
         && group.as_str().is_none_or(str::is_empty)
     {
@@ -205,21 +223,36 @@ fn known_kinds() -> String {
     kinds::KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
 }
 
-/// The wire form of an object for the sinks: for Envoy kinds, its
-/// `google.protobuf.Any`, canonically encoded. Other kinds get their
-/// protobuf encoding with the MCP sink.
-pub fn encode_resource(info: &KindInfo, body: &Body) -> Option<Result<Bytes, String>> {
-    let Encoding::Envoy { message, name_field } = info.encoding else { return None };
+/// The wire form of an object for the sinks, once per version: for Envoy
+/// kinds its `google.protobuf.Any`, for Istio kinds its MCP item (crate::mcp);
+/// `None` for kinds with no protobuf form.
+pub fn encode_resource(
+    info: &KindInfo,
+    key: &ResourceKey,
+    body: &Body,
+    version: u64,
+    created_at: std::time::SystemTime,
+) -> Option<Result<Bytes, String>> {
     let value = body.to_value();
     let mut spec = value.get("spec").and_then(Value::as_object).cloned().unwrap_or_default();
-    if let Some(name) = value.pointer("/metadata/name") {
-        spec.insert(name_field.to_string(), name.clone());
+    match info.encoding {
+        Encoding::Envoy { message, name_field } => {
+            if let Some(name) = value.pointer("/metadata/name") {
+                spec.insert(name_field.to_string(), name.clone());
+            }
+            Some(
+                transcode::encode_json(message, &Value::Object(spec))
+                    .map(|bytes| transcode::encode_any(&info.type_url().expect("envoy kind"), &bytes))
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        Encoding::Istio { message, .. } => Some(
+            transcode::encode_json(message, &Value::Object(spec))
+                .map(|spec| crate::mcp::encode_item(message, key, &value, &spec, version, created_at))
+                .map_err(|e| e.to_string()),
+        ),
+        Encoding::Kubernetes { .. } => None,
     }
-    Some(
-        envoy::encode_json(message, &Value::Object(spec))
-            .map(|bytes| envoy::encode_any(&info.type_url().expect("envoy kind"), &bytes))
-            .map_err(|e| e.to_string()),
-    )
 }
 
 #[cfg(test)]
@@ -250,7 +283,7 @@ mod tests {
         let o = parse_object(&v).unwrap();
         assert_eq!(o.key.to_string(), "xds.keelson.dev/ClusterLoadAssignment//reviews");
         let info = kinds::lookup("xds.keelson.dev", "ClusterLoadAssignment").unwrap();
-        let any = encode_resource(info, &o.body).unwrap().unwrap();
+        let any = encode_resource(info, &o.key, &o.body, 1, std::time::SystemTime::UNIX_EPOCH).unwrap().unwrap();
         let any = <prost_types::Any as prost::Message>::decode(any.as_ref()).unwrap();
         assert_eq!(any.type_url, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
     }

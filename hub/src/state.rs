@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -23,8 +24,14 @@ pub struct ResourceEntry {
     pub source_version: String,
     pub location: String,
     /// The encoded `google.protobuf.Any` sinks send, computed once per
-    /// version (Envoy kinds; `None` for kinds without a protobuf form yet).
+    /// version: the resource itself for Envoy kinds, the MCP item for Istio
+    /// kinds; `None` for kinds without a protobuf form.
     pub encoded: Option<Bytes>,
+    /// When the object was created: its `metadata.creationTimestamp` if the
+    /// source gave one, else the time of the event that first put it in the
+    /// log. Kept across updates; MCP sends it (istiod breaks ties between
+    /// conflicting objects by age).
+    pub created_at: SystemTime,
     /// How sinks serve it, read once from the object's metadata.
     pub serving: Serving,
 }
@@ -36,11 +43,16 @@ pub const PROXY_GROUP_LABEL: &str = "keelson.dev/proxy-group";
 /// that support TTLs drop it unless a newer response refreshes it.
 pub const TTL_ANNOTATION: &str = "keelson.dev/ttl";
 
+/// The label that assigns an Istio object to one control-plane revision.
+pub const ISTIO_REVISION_LABEL: &str = "istio.io/rev";
+
 /// Serving attributes of a resource, derived from its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Serving {
     pub proxy_group: Option<Arc<str>>,
     pub ttl: Option<std::time::Duration>,
+    /// `istio.io/rev`, if labelled.
+    pub revision: Option<Arc<str>>,
 }
 
 impl Serving {
@@ -49,7 +61,19 @@ impl Serving {
         let meta = &value["metadata"];
         let proxy_group = meta["labels"][PROXY_GROUP_LABEL].as_str().filter(|g| !g.is_empty()).map(Arc::from);
         let ttl = meta["annotations"][TTL_ANNOTATION].as_str().and_then(|t| humantime::parse_duration(t).ok());
-        Serving { proxy_group, ttl }
+        let revision = meta["labels"][ISTIO_REVISION_LABEL].as_str().map(Arc::from);
+        Serving { proxy_group, ttl, revision }
+    }
+
+    /// Does an istiod of revision `rev` take this object? Unlabelled objects
+    /// belong to every revision, and an istiod without a revision takes
+    /// everything; otherwise the label must match (istiod's
+    /// `config.LabelsInRevision`, applied by adsc to MCP items).
+    pub fn in_revision(&self, rev: Option<&str>) -> bool {
+        match (&self.revision, rev.filter(|r| !r.is_empty())) {
+            (None, _) | (_, None) => true,
+            (Some(label), Some(rev)) => **label == *rev,
+        }
     }
 
     /// Is a resource with these attributes served to proxies of `group`?
@@ -70,13 +94,20 @@ impl ResourceEntry {
         origin: SourceId,
         source_version: String,
         location: String,
+        created_at: SystemTime,
     ) -> Self {
         let encoded = kinds::lookup(&key.group, &key.kind)
-            .and_then(|info| encode_resource(info, &body))
+            .and_then(|info| encode_resource(info, key, &body, version, created_at))
             .and_then(|r| r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok());
         let serving = Serving::of(&body);
-        ResourceEntry { version, body, origin, source_version, location, encoded, serving }
+        ResourceEntry { version, body, origin, source_version, location, encoded, created_at, serving }
     }
+}
+
+/// The creation time an object's body states, if it states one.
+pub(crate) fn stated_creation(body: &Body) -> Option<SystemTime> {
+    let value: serde_json::Value = serde_json::from_slice(body.json()).ok()?;
+    humantime::parse_rfc3339_weak(value.pointer("/metadata/creationTimestamp")?.as_str()?).ok()
 }
 
 /// What applying one event did.
@@ -121,7 +152,9 @@ impl State {
                     // Same content: the version does not move, so a relist is free.
                     return Applied::Unchanged;
                 }
-                let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location);
+                let created_at =
+                    stated_creation(&body).or_else(|| self.resources.get(&key).map(|e| e.created_at)).unwrap_or(ev.at);
+                let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location, created_at);
                 match self.resources.insert(key.clone(), Arc::new(entry)) {
                     Some(_) => Applied::Updated,
                     None => {

@@ -170,8 +170,8 @@ mod tests {
 
     #[test]
     fn the_idle_job_runs_once_after_each_burst_and_never_on_an_idle_log() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let idle_runs = Arc::new(AtomicUsize::new(0));
         let counter = idle_runs.clone();
         let flusher = Flusher::start(

@@ -38,6 +38,16 @@ struct ConfigFile {
     limits: LimitsFile,
     #[serde(default)]
     reconcile: ReconcileFile,
+    #[serde(default)]
+    mcp: McpFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpFile {
+    /// YAML (or JSON) istio.mesh.v1alpha1.MeshConfig served to istiods as
+    /// core/v1alpha1/MeshConfig; absent serves an empty one (all defaults).
+    mesh_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +284,10 @@ impl ServeConfig {
         if xds.handshake_timeout.is_zero() || xds.keepalive_interval.is_zero() || xds.keepalive_timeout.is_zero() {
             bail!("xds.handshake_timeout, keepalive_interval and keepalive_timeout must be above zero");
         }
+        if let Some(path) = &cf.mcp.mesh_config {
+            let path = base.join(path);
+            xds.mesh_config = keelson_sinks::xds::MeshConfigItem::new(&load_mesh_config(&path)?);
+        }
         Ok(ServeConfig {
             xds,
             limits,
@@ -308,6 +322,23 @@ impl ServeConfig {
         })
     }
 }
+
+/// Reads and validates a mesh config file: the fields of
+/// `istio.mesh.v1alpha1.MeshConfig` as istio.io writes them (the `mesh` key
+/// of istiod's ConfigMap), checked like any object's spec. Returns its
+/// canonical protobuf encoding.
+pub fn load_mesh_config(path: &Path) -> Result<Vec<u8>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("mcp.mesh_config: cannot read {}", path.display()))?;
+    let value: serde_json::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("mcp.mesh_config: {} is not valid YAML", path.display()))?;
+    let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
+    keelson_hub::transcode::encode_json(MESH_CONFIG_MESSAGE, &value)
+        .map(|b| b.to_vec())
+        .map_err(|e| anyhow::anyhow!("mcp.mesh_config: {}: {e}", path.display()))
+}
+
+const MESH_CONFIG_MESSAGE: &str = "istio.mesh.v1alpha1.MeshConfig";
 
 #[cfg(test)]
 mod tests {

@@ -26,21 +26,22 @@ pub fn render(syncz: &Value) -> String {
     let empty = Vec::new();
     let proxies = syncz["proxies"].as_array().unwrap_or(&empty);
     let mut rows = vec![
-        ["NODE", "CLUSTER", "STREAM"]
+        ["NODE", "CLUSTER", "STREAM", "PROTOCOL"]
             .iter()
             .chain(COLUMNS)
-            .chain(&["VERSION"])
+            .chain(&["ISTIO", "VERSION"])
             .map(|s| s.to_string())
             .collect::<Vec<_>>(),
     ];
     let mut nacks = Vec::new();
     for p in proxies {
         let types = p["types"].as_array().unwrap_or(&empty);
-        let mut row = vec![text(&p["node"]), text(&p["cluster"]), text(&p["stream"])];
+        let mut row = vec![text(&p["node"]), text(&p["cluster"]), text(&p["stream"]), text(&p["protocol"])];
         for col in COLUMNS {
             let t = types.iter().find(|t| t["short"] == *col);
             row.push(t.map_or("-".to_string(), |t| text(&t["status"])));
         }
+        row.push(istio_summary(types));
         // The newest version the proxy ACKed of any type: a log seq.
         let acked = types.iter().filter_map(|t| t["acked_version"].as_str()?.parse::<u64>().ok()).max();
         row.push(acked.map_or("-".to_string(), |v| v.to_string()));
@@ -69,6 +70,27 @@ pub fn render(syncz: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One cell for an MCP client's Istio types (there are a dozen): the worst
+/// status among them and how many are in it, e.g. `SYNCED 14/14`,
+/// `STALE 2/14`; `-` for a client with none.
+fn istio_summary(types: &[Value]) -> String {
+    let istio: Vec<&Value> = types.iter().filter(|t| t["type_url"].as_str().is_some_and(is_istio_type)).collect();
+    if istio.is_empty() {
+        return "-".into();
+    }
+    let worst = ["NACKED", "STALE", "NOT_SENT", "SYNCED"]
+        .into_iter()
+        .find(|s| istio.iter().any(|t| t["status"] == *s))
+        .unwrap_or("SYNCED");
+    let n = istio.iter().filter(|t| t["status"] == worst).count();
+    format!("{worst} {n}/{}", istio.len())
+}
+
+/// Istio kinds travel under `<group>/<version>/<Kind>` type URLs.
+fn is_istio_type(type_url: &str) -> bool {
+    type_url.split('/').next().is_some_and(|g| g.ends_with(".istio.io"))
 }
 
 /// `keelson source confirm NAME`: applies the deletions the hub's
@@ -112,6 +134,28 @@ mod tests {
         assert!(lines[1].contains("envoy-1") && lines[1].contains("SYNCED") && lines[1].contains("NACKED"), "{out}");
         assert!(lines[1].ends_with('7'), "newest ACKed version: {out}");
         assert_eq!(lines[2], "NACK envoy-1 LDS version 9: duplicate filter chain");
+    }
+
+    #[test]
+    fn an_mcp_client_gets_one_istio_cell_with_its_worst_status() {
+        let syncz = serde_json::json!({"version": 9, "proxies": [{
+            "node": "sidecar~10.0.0.1~istiod-0.istio-system~istio-system.svc.cluster.local", "cluster": "",
+            "stream": "sotw", "protocol": "MCP",
+            "types": [
+                {"type_url": "networking.istio.io/v1/VirtualService", "short": "VirtualService", "status": "SYNCED", "acked_version": "8"},
+                {"type_url": "networking.istio.io/v1/Gateway", "short": "Gateway", "status": "STALE", "acked_version": "3"},
+                {"type_url": "security.istio.io/v1/PeerAuthentication", "short": "PeerAuthentication", "status": "SYNCED"}
+            ]
+        }]});
+        let out = render(&syncz);
+        let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        let cell = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        // The cluster is empty ("" shows as nothing), so find cells from the end.
+        assert_eq!(row[row.len() - 1], "8", "{out}");
+        assert_eq!(&row[row.len() - 3..row.len() - 1], ["STALE", "1/3"], "{out}");
+        assert!(row.contains(&"MCP"), "{out}");
+        assert!(cell("PROTOCOL") < cell("ISTIO"), "{out}");
     }
 
     #[test]

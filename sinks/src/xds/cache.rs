@@ -2,12 +2,13 @@
 //! version, proxy group, subscription set) and shared by every stream that
 //! needs one, and every build is counted so tests and benchmarks can prove it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use keelson_hub::{ResourceEntry, Snapshot};
+use keelson_hub::{ResourceEntry, ResourceKey, Snapshot};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::types::ServedType;
@@ -21,6 +22,9 @@ pub struct BodyKey {
     /// The kind version of the snapshot the body is built from.
     pub version: u64,
     pub group: Option<Arc<str>>,
+    /// The client's Istio revision, for MCP types (objects labelled for
+    /// another revision are left out).
+    pub revision: Option<Arc<str>>,
     /// Hash of the subscribed names; `None` for a wildcard subscription.
     pub subset: Option<u128>,
     /// Items carrying a TTL are wrapped in `Resource` (client advertised it).
@@ -144,21 +148,73 @@ pub fn list_hash(names: &[String]) -> u128 {
     h.digest128()
 }
 
-/// The resources of `ty` a proxy of `group` gets: all of them (wildcard) or
-/// the subscribed names that exist, in name order.
+/// Who a selection is for: the proxy group and, for MCP types, the Istio
+/// revision of the client.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Audience<'a> {
+    pub group: Option<&'a str>,
+    pub revision: Option<&'a str>,
+}
+
+impl Audience<'_> {
+    /// Is this entry served to this audience as an item of `ty`?
+    pub fn admits(&self, ty: &ServedType, entry: &ResourceEntry) -> bool {
+        entry.encoded.is_some()
+            && entry.serving.serves(self.group)
+            && (!ty.form.is_mcp() || entry.serving.in_revision(self.revision))
+    }
+}
+
+/// The name an item of `ty` goes by on the wire: `<namespace>/<name>` for
+/// MCP kinds (the only form istiod accepts), the resource name otherwise.
+pub fn wire_name<'a>(ty: &ServedType, key: &'a ResourceKey) -> Cow<'a, str> {
+    if ty.namespaced { Cow::Owned(format!("{}/{}", key.namespace, key.name)) } else { Cow::Borrowed(&key.name) }
+}
+
+/// The entry a client names, if any.
+pub fn lookup_named<'a>(snap: &'a Snapshot, ty: &ServedType, name: &str) -> Option<&'a Arc<ResourceEntry>> {
+    let (namespace, name) = if ty.namespaced { name.split_once('/')? } else { ("", name) };
+    snap.get(ty.group, ty.kind, namespace, name)
+}
+
+/// The resources of `ty` an audience gets: all of them (wildcard) or the
+/// subscribed names that exist, in name order.
 pub fn select<'a>(
     snap: &'a Snapshot,
     ty: &ServedType,
-    group: Option<&str>,
+    audience: Audience<'_>,
     names: Option<&'a BTreeSet<String>>,
-) -> Vec<(&'a str, &'a Arc<ResourceEntry>)> {
-    let served = |e: &&Arc<ResourceEntry>| e.encoded.is_some() && e.serving.serves(group);
+) -> Vec<(Cow<'a, str>, &'a Arc<ResourceEntry>)> {
     match names {
-        None => snap.of_kind(ty.group, ty.kind).filter(|(_, e)| served(e)).map(|(k, e)| (k.name.as_str(), e)).collect(),
+        None => snap
+            .of_kind(ty.group, ty.kind)
+            .filter(|(_, e)| audience.admits(ty, e))
+            .map(|(k, e)| (wire_name(ty, k), e))
+            .collect(),
         Some(names) => names
             .iter()
-            .filter_map(|n| snap.get(ty.group, ty.kind, "", n).filter(served).map(|e| (n.as_str(), e)))
+            .filter_map(|n| {
+                lookup_named(snap, ty, n).filter(|e| audience.admits(ty, e)).map(|e| (Cow::Borrowed(n.as_str()), e))
+            })
             .collect(),
+    }
+}
+
+/// The one item of a MeshConfig response: the configured mesh config as an
+/// unwrapped `Any(istio.mesh.v1alpha1.MeshConfig)` (PROTOCOL.md §2a).
+pub fn build_mesh_config(key: &BodyKey, any: &Bytes) -> SotwBody {
+    let version = key.version.to_string();
+    let mut buf = Vec::with_capacity(any.len() + version.len() + key.type_url.len() + 16);
+    put_str(1, &version, &mut buf);
+    put_bytes(2, any, &mut buf);
+    put_str(4, &key.type_url, &mut buf);
+    let mut fp = Xxh3::new();
+    fp.update(any);
+    SotwBody {
+        names: vec![Box::from("MeshConfig")],
+        bytes: Bytes::from(buf),
+        version: key.version,
+        fingerprint: fp.digest128(),
     }
 }
 
@@ -176,8 +232,8 @@ pub fn item(name: &str, entry: &ResourceEntry) -> DeltaItem {
 /// make-before-break, appended after the current ones.
 pub fn build_sotw(
     key: &BodyKey,
-    items: &[(&str, &Arc<ResourceEntry>)],
-    extra: &[(&str, &Arc<ResourceEntry>)],
+    items: &[(Cow<'_, str>, &Arc<ResourceEntry>)],
+    extra: &[(Cow<'_, str>, &Arc<ResourceEntry>)],
 ) -> SotwBody {
     let version = key.version.to_string();
     let mut fp = Xxh3::new();
@@ -191,6 +247,7 @@ pub fn build_sotw(
     for (name, entry) in items.iter().chain(extra) {
         fp.update(name.as_bytes());
         fp.update(&entry.version.to_le_bytes());
+        let name = name.as_ref();
         match (&entry.encoded, entry.serving.ttl) {
             (Some(_), Some(_)) if key.wrap_ttl => put_bytes(2, &wrapped_any(&item(name, entry)), &mut buf),
             (Some(any), _) => put_bytes(2, any, &mut buf),
@@ -198,7 +255,7 @@ pub fn build_sotw(
         }
     }
     put_str(4, &key.type_url, &mut buf);
-    let mut names: Vec<Box<str>> = items.iter().chain(extra).map(|(n, _)| Box::from(*n)).collect();
+    let mut names: Vec<Box<str>> = items.iter().chain(extra).map(|(n, _)| Box::from(n.as_ref())).collect();
     names.sort_unstable();
     SotwBody { names, bytes: Bytes::from(buf), version: key.version, fingerprint: fp.digest128() }
 }

@@ -9,10 +9,10 @@ use keelson_hub::Snapshot;
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
-use super::cache::{item, select};
+use super::cache::{Audience, item, select, wire_name};
 use super::session::{Session, Shared};
 use super::stream::Machine;
-use super::types::{self, ServedType, UNKNOWN_ORDER};
+use super::types::{self, ItemForm, ServedType, UNKNOWN_ORDER};
 use super::wire::{DeltaResponse, Outbound};
 
 struct TypeState {
@@ -59,11 +59,13 @@ impl DeltaMachine {
     /// The upserts and removals that bring the client to `snap` for a type.
     fn diff(&mut self, shared: &Shared, url: &str, snap: &Arc<Snapshot>) -> (DeltaResponse, Vec<Arc<str>>, u64) {
         let group = self.session.group().map(str::to_string);
+        let revision = self.session.revision().map(str::to_string);
         let t = self.types.get_mut(url).expect("type present");
         let mut response = DeltaResponse { type_url: t.type_url.clone(), ..DeltaResponse::default() };
         let mut removed = Vec::new();
-        let Some(served) = t.served else {
-            // Unknown type: every asked-for name is absent.
+        let Some(served) = t.served.filter(|s| s.form != ItemForm::MeshConfig) else {
+            // Unknown type, or MeshConfig (served over SotW only, as istiod
+            // asks for it): every asked-for name is absent.
             removed.extend(t.force.iter().map(|n| Arc::from(n.as_str())));
             t.force.clear();
             return (response, removed, 0);
@@ -79,10 +81,11 @@ impl DeltaMachine {
                 shared.metrics.delta_change_set_diffs.inc();
                 // Only the keys that changed: O(changes), not O(resources).
                 let changed = snap.changes.keys.iter().filter(|k| k.group == served.group && k.kind == served.kind);
+                let audience = Audience { group: group.as_deref(), revision: revision.as_deref() };
                 for key in changed {
-                    let name = key.name.as_str();
-                    let current =
-                        snap.resources.get(key).filter(|e| e.encoded.is_some() && e.serving.serves(group.as_deref()));
+                    let wire = wire_name(served, key);
+                    let name = wire.as_ref();
+                    let current = snap.resources.get(key).filter(|e| audience.admits(served, e));
                     match current {
                         Some(entry) if t.known.get(name) != Some(&entry.version) => {
                             t.known.insert(name.to_string(), entry.version);
@@ -100,8 +103,10 @@ impl DeltaMachine {
             }
         }
         let mut present = BTreeSet::new();
-        let current = select(snap, served, group.as_deref(), (!t.wildcard).then_some(&t.names));
-        for (name, entry) in current {
+        let audience = Audience { group: group.as_deref(), revision: revision.as_deref() };
+        let current = select(snap, served, audience, (!t.wildcard).then_some(&t.names));
+        for (name, entry) in &current {
+            let (name, entry) = (name.as_ref(), *entry);
             present.insert(name);
             if t.force.contains(name) || t.known.get(name) != Some(&entry.version) {
                 t.known.insert(name.to_string(), entry.version);
@@ -224,7 +229,7 @@ impl Machine for DeltaMachine {
 
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
         for t in self.types.values_mut() {
-            let Some(served) = t.served else { continue };
+            let Some(served) = t.served.filter(|s| s.form != ItemForm::MeshConfig) else { continue };
             match t.last {
                 Some((_, version, _)) if snap.kind_version(served.group, served.kind) != version => t.pending = true,
                 // Nothing of this kind changed: what the client holds still

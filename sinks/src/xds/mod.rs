@@ -30,4 +30,4 @@ pub mod generated {
 
 pub use nack::NackLimits;
 pub use server::{AdsServer, SHUTDOWN_GRACE, XdsConfig, serve};
-pub use session::{GroupKey, NackRecord};
+pub use session::{GroupKey, MeshConfigItem, NackRecord};

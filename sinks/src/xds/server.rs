@@ -17,7 +17,7 @@ use super::conn::{ConnInfo, ConnLimits, accept_loop, default_max_connections};
 use super::delta::DeltaMachine;
 use super::metrics::{StreamLabel, XdsMetrics};
 use super::nack::{NackGate, NackLimits};
-use super::session::{GroupKey, NackRecord, Session, Shared};
+use super::session::{GroupKey, MeshConfigItem, NackRecord, Session, Shared};
 use super::sotw::SotwMachine;
 use super::stream::{Machine, ResponseStream, StreamLimits, drive};
 use crate::xds::generated::aggregated_discovery_service_server::{
@@ -44,6 +44,9 @@ pub struct XdsConfig {
     /// connection is dropped as dead.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// What MCP clients get under `core/v1alpha1/MeshConfig` (`[mcp]
+    /// mesh_config`; all defaults if none).
+    pub mesh_config: MeshConfigItem,
 }
 
 impl Default for XdsConfig {
@@ -58,6 +61,7 @@ impl Default for XdsConfig {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            mesh_config: MeshConfigItem::new(&[]),
         }
     }
 }
@@ -91,6 +95,7 @@ impl AdsServer {
             group_key: cfg.group_key.clone(),
             nacks,
             nack_gate: NackGate::new(cfg.nack_limits),
+            mesh_config: cfg.mesh_config.clone(),
             closing: watch::channel(false).0,
         });
         let server = AdsServer {

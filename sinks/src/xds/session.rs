@@ -60,6 +60,27 @@ pub struct Peer {
     pub id: String,
     pub group: Option<Arc<str>>,
     pub wants_ttl: bool,
+    /// `ISTIO_REVISION` from the node metadata: an istiod takes only the
+    /// objects of its revision (and unlabelled ones).
+    pub revision: Option<Arc<str>>,
+}
+
+/// The mesh config MCP clients get under `core/v1alpha1/MeshConfig`.
+#[derive(Clone, Debug, Default)]
+pub struct MeshConfigItem {
+    /// `Any(istio.mesh.v1alpha1.MeshConfig)`, encoded.
+    pub any: bytes::Bytes,
+    /// Its version_info; fixed for the life of the server.
+    pub version: u64,
+}
+
+impl MeshConfigItem {
+    pub const TYPE_URL: &str = "type.googleapis.com/istio.mesh.v1alpha1.MeshConfig";
+
+    /// From an encoded `istio.mesh.v1alpha1.MeshConfig` (empty = all defaults).
+    pub fn new(message: &[u8]) -> Self {
+        MeshConfigItem { any: keelson_hub::transcode::encode_any(Self::TYPE_URL, message), version: 1 }
+    }
 }
 
 /// State shared by every stream of the server.
@@ -73,6 +94,7 @@ pub struct Shared {
     pub nacks: mpsc::Sender<NackRecord>,
     /// Which NACKs reach the log, and how often (dedupe and rate limits).
     pub nack_gate: super::nack::NackGate,
+    pub mesh_config: MeshConfigItem,
     /// Set when the server stops: every stream ends (gRPC's graceful
     /// shutdown otherwise waits forever for ADS streams, which never end).
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -118,26 +140,26 @@ impl Session {
         let group = match &shared.group_key {
             GroupKey::Cluster => Some(node.cluster.clone()),
             GroupKey::Id => Some(node.id.clone()),
-            GroupKey::Metadata(field) => {
-                node.metadata.as_ref().and_then(|m| m.fields.get(field)).and_then(|v| match &v.kind {
-                    Some(keelson_proto::envoy::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-            }
+            GroupKey::Metadata(field) => metadata_string(node, field),
         }
         .filter(|g| !g.is_empty());
         let wants_ttl = node.client_features.iter().any(|f| TTL_FEATURES.contains(&f.as_str()));
+        let revision = metadata_string(node, "ISTIO_REVISION").filter(|r| !r.is_empty()).map(Arc::from);
         let mut record = ProxyRecord::new(&node.id, &node.cluster, self.stream);
         record.group = group.clone();
         record.peer = self.remote.clone();
         record.user_agent = user_agent(node);
         self.ledger = Some(shared.ledger.register(record));
-        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl });
+        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision });
         Ok(())
     }
 
     pub fn group(&self) -> Option<&str> {
         self.peer.as_ref().and_then(|p| p.group.as_deref())
+    }
+
+    pub fn revision(&self) -> Option<&str> {
+        self.peer.as_ref().and_then(|p| p.revision.as_deref())
     }
 
     pub fn wants_ttl(&self) -> bool {
@@ -151,13 +173,25 @@ impl Session {
 
     pub fn subscribed(&self, type_url: &str) {
         if let Some(l) = &self.ledger {
-            l.lock().subscribed(type_url, short_name(type_url));
+            let mut record = l.lock();
+            if super::types::lookup(type_url).is_some_and(|t| t.form.is_mcp()) {
+                // One MCP type makes the client an MCP client (an istiod).
+                record.protocol = keelson_hub::ledger::Protocol::Mcp;
+            }
+            if type_url != super::types::MESH_CONFIG {
+                record.subscribed(type_url, short_name(type_url));
+            }
         }
     }
 
     pub fn sent(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, bytes: usize) {
         let short = short_name(type_url);
         shared.metrics.sent(type_url, bytes);
+        if type_url == super::types::MESH_CONFIG {
+            // istiod never ACKs a non-empty MeshConfig (adsc skips it): the
+            // ledger would show it stale for ever, so it is not tracked.
+            return;
+        }
         if let Some(l) = &self.ledger {
             l.lock().sent(type_url, short, version, nonce);
         }
@@ -212,6 +246,13 @@ impl Session {
         };
         shared.metrics.nack_dropped(reason);
     }
+}
+
+fn metadata_string(node: &Node, field: &str) -> Option<String> {
+    node.metadata.as_ref().and_then(|m| m.fields.get(field)).and_then(|v| match &v.kind {
+        Some(keelson_proto::envoy::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    })
 }
 
 fn user_agent(node: &Node) -> String {

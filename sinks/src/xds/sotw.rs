@@ -9,10 +9,10 @@ use keelson_hub::Snapshot;
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
-use super::cache::{BodyKey, ResponseCache, build_sotw, list_hash, select, subset_hash};
+use super::cache::{Audience, BodyKey, ResponseCache, build_mesh_config, build_sotw, list_hash, select, subset_hash};
 use super::session::{Session, Shared};
 use super::stream::Machine;
-use super::types::{self, ServedType, UNKNOWN_ORDER};
+use super::types::{self, ItemForm, ServedType, UNKNOWN_ORDER};
 use super::wire::{Outbound, SotwBody};
 
 /// The last response of a type on this stream.
@@ -106,10 +106,12 @@ impl SotwMachine {
     }
 
     fn key(&self, t: &TypeState, version: u64, retain_from: Option<u64>) -> BodyKey {
+        let mcp = t.served.is_some_and(|s| s.form.is_mcp());
         BodyKey {
             type_url: t.type_url.clone(),
             version,
             group: self.session.group().map(Arc::from),
+            revision: if mcp { self.session.revision().map(Arc::from) } else { None },
             subset: t.subset,
             wrap_ttl: self.session.wants_ttl(),
             retain_from,
@@ -123,17 +125,21 @@ impl SotwMachine {
             let key = self.key(t, 0, None);
             return shared.cache.sotw_body(&key, || build_sotw(&key, &[], &[]));
         };
+        if served.form == ItemForm::MeshConfig {
+            let key = self.key(t, shared.mesh_config.version, None);
+            return shared.cache.sotw_body(&key, || build_mesh_config(&key, &shared.mesh_config.any));
+        }
         let version = snap.kind_version(served.group, served.kind);
         let key = self.key(t, version, retain.map(|s| s.body.version));
-        let group = self.session.group();
+        let audience = Audience { group: self.session.group(), revision: key.revision.as_deref() };
         shared.cache.sotw_body(&key, || {
-            let items = select(snap, served, group, t.names());
+            let items = select(snap, served, audience, t.names());
             let extra = match retain {
                 None => Vec::new(),
                 Some(prev) => {
-                    let now: BTreeSet<&str> = items.iter().map(|(n, _)| *n).collect();
-                    let mut old = select(&prev.snapshot, served, group, t.names());
-                    old.retain(|(n, _)| !now.contains(n));
+                    let now: BTreeSet<&str> = items.iter().map(|(n, _)| n.as_ref()).collect();
+                    let mut old = select(&prev.snapshot, served, audience, t.names());
+                    old.retain(|(n, _)| !now.contains(n.as_ref()));
                     old
                 }
             };
@@ -209,6 +215,7 @@ impl Machine for SotwMachine {
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
         for t in self.types.values_mut() {
             if let (Some(served), Some(last)) = (t.served, &t.last)
+                && served.form != ItemForm::MeshConfig
                 && snap.kind_version(served.group, served.kind) != last.body.version
             {
                 t.pending = true;

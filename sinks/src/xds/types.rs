@@ -11,6 +11,20 @@ use keelson_hub::kinds::ENVOY_GROUP;
 pub enum ItemForm {
     /// The resource's own encoded `google.protobuf.Any`.
     EnvoyAny,
+    /// An Istio object as an MCP item, `Any(istio.mcp.v1alpha1.Resource)`,
+    /// named `<namespace>/<name>`, filtered by the client's revision
+    /// (PROTOCOL.md §2a; built once per version by the hub).
+    McpResource,
+    /// The configured mesh config, one unwrapped
+    /// `Any(istio.mesh.v1alpha1.MeshConfig)`: istiod reads it without the
+    /// MCP wrapper.
+    MeshConfig,
+}
+
+impl ItemForm {
+    pub fn is_mcp(self) -> bool {
+        matches!(self, ItemForm::McpResource | ItemForm::MeshConfig)
+    }
 }
 
 /// One servable type URL and the hub kind behind it.
@@ -21,6 +35,8 @@ pub struct ServedType {
     pub short: &'static str,
     pub group: &'static str,
     pub kind: &'static str,
+    /// Items are named `<namespace>/<name>` (MCP) rather than by name alone.
+    pub namespaced: bool,
     /// SotW responses hold every subscribed resource (LDS, CDS): a name
     /// missing from one means "deleted" to the client.
     pub full_state: bool,
@@ -46,6 +62,7 @@ const fn envoy(
         short,
         group: ENVOY_GROUP,
         kind,
+        namespaced: false,
         full_state,
         order,
         refreshes: None,
@@ -58,6 +75,27 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// The type URL istiod asks its mesh config under (no `type.googleapis.com/`).
+pub const MESH_CONFIG: &str = "core/v1alpha1/MeshConfig";
+
+/// An Istio kind under one of the GVK strings istiod requests it by:
+/// `<group>/<version>/<Kind>`, no `type.googleapis.com/` prefix. Both the
+/// Istio ≤ 1.23 versions and the ≥ 1.24 ones are rows of their own, keyed
+/// to the same hub kind, so whichever a client asks is answered and echoed
+/// (PROTOCOL.md §4).
+const fn mcp(type_url: &'static str, group: &'static str, kind: &'static str) -> ServedType {
+    ServedType {
+        type_url,
+        short: kind,
+        group,
+        kind,
+        namespaced: true,
+        full_state: true,
+        order: 6,
+        refreshes: None,
+        form: ItemForm::McpResource,
+    }
+}
 
 /// The types the server knows, in push order.
 pub const SERVED: &[ServedType] = &[
@@ -66,6 +104,45 @@ pub const SERVED: &[ServedType] = &[
     envoy(LISTENER, "LDS", "Listener", true, 2),
     envoy(ROUTE, "RDS", "RouteConfiguration", false, 3),
     envoy(SECRET, "SDS", "Secret", false, 4),
+    ServedType {
+        type_url: MESH_CONFIG,
+        short: "MeshConfig",
+        group: "",
+        kind: "MeshConfig",
+        namespaced: false,
+        full_state: true,
+        order: 5,
+        refreshes: None,
+        form: ItemForm::MeshConfig,
+    },
+    // Istio ≥ 1.24 (v1 where the kind has one).
+    mcp("networking.istio.io/v1/VirtualService", "networking.istio.io", "VirtualService"),
+    mcp("networking.istio.io/v1/DestinationRule", "networking.istio.io", "DestinationRule"),
+    mcp("networking.istio.io/v1/Gateway", "networking.istio.io", "Gateway"),
+    mcp("networking.istio.io/v1/ServiceEntry", "networking.istio.io", "ServiceEntry"),
+    mcp("networking.istio.io/v1/Sidecar", "networking.istio.io", "Sidecar"),
+    mcp("networking.istio.io/v1/WorkloadEntry", "networking.istio.io", "WorkloadEntry"),
+    mcp("networking.istio.io/v1/WorkloadGroup", "networking.istio.io", "WorkloadGroup"),
+    mcp("security.istio.io/v1/AuthorizationPolicy", "security.istio.io", "AuthorizationPolicy"),
+    mcp("security.istio.io/v1/PeerAuthentication", "security.istio.io", "PeerAuthentication"),
+    mcp("security.istio.io/v1/RequestAuthentication", "security.istio.io", "RequestAuthentication"),
+    mcp("telemetry.istio.io/v1/Telemetry", "telemetry.istio.io", "Telemetry"),
+    // The same in every version.
+    mcp("networking.istio.io/v1alpha3/EnvoyFilter", "networking.istio.io", "EnvoyFilter"),
+    mcp("networking.istio.io/v1beta1/ProxyConfig", "networking.istio.io", "ProxyConfig"),
+    mcp("extensions.istio.io/v1alpha1/WasmPlugin", "extensions.istio.io", "WasmPlugin"),
+    // Istio ≤ 1.23.
+    mcp("networking.istio.io/v1alpha3/VirtualService", "networking.istio.io", "VirtualService"),
+    mcp("networking.istio.io/v1alpha3/DestinationRule", "networking.istio.io", "DestinationRule"),
+    mcp("networking.istio.io/v1alpha3/Gateway", "networking.istio.io", "Gateway"),
+    mcp("networking.istio.io/v1alpha3/ServiceEntry", "networking.istio.io", "ServiceEntry"),
+    mcp("networking.istio.io/v1alpha3/Sidecar", "networking.istio.io", "Sidecar"),
+    mcp("networking.istio.io/v1alpha3/WorkloadEntry", "networking.istio.io", "WorkloadEntry"),
+    mcp("networking.istio.io/v1alpha3/WorkloadGroup", "networking.istio.io", "WorkloadGroup"),
+    mcp("security.istio.io/v1beta1/AuthorizationPolicy", "security.istio.io", "AuthorizationPolicy"),
+    mcp("security.istio.io/v1beta1/PeerAuthentication", "security.istio.io", "PeerAuthentication"),
+    mcp("security.istio.io/v1beta1/RequestAuthentication", "security.istio.io", "RequestAuthentication"),
+    mcp("telemetry.istio.io/v1alpha1/Telemetry", "telemetry.istio.io", "Telemetry"),
 ];
 
 /// Order given to type URLs the server does not know: after every known one.
@@ -86,10 +163,37 @@ mod tests {
 
     #[test]
     fn every_served_type_is_a_known_kind_with_that_type_url() {
-        for t in SERVED {
+        for t in SERVED.iter().filter(|t| t.form == ItemForm::EnvoyAny) {
             let info = keelson_hub::kinds::lookup(t.group, t.kind).expect("kind registered");
             assert_eq!(info.type_url().as_deref(), Some(t.type_url), "{}", t.short);
         }
         assert_eq!(short_name("type.googleapis.com/envoy.service.runtime.v3.Runtime"), "Runtime");
+    }
+
+    /// istiod 1.23 and 1.24+ request every Istio kind by these GVKs
+    /// (PROTOCOL.md §4): each is served, keyed to its hub kind.
+    #[test]
+    fn every_istio_kind_is_served_under_both_istio_version_sets() {
+        use keelson_hub::kinds::{Encoding, KINDS};
+        let both: &[(&str, &str)] = &[("v1alpha3", "v1"), ("v1beta1", "v1"), ("v1alpha1", "v1")];
+        for info in KINDS.iter().filter(|k| matches!(k.encoding, Encoding::Istio { .. })) {
+            let rows: Vec<&ServedType> =
+                SERVED.iter().filter(|t| t.group == info.group && t.kind == info.kind).collect();
+            assert!(!rows.is_empty(), "{} is not served over MCP", info.kind);
+            for row in &rows {
+                assert_eq!(row.form, ItemForm::McpResource);
+                let version = row.type_url.split('/').nth(1).unwrap();
+                assert_eq!(row.type_url, format!("{}/{version}/{}", info.group, info.kind));
+            }
+            let versions: Vec<&str> = rows.iter().map(|r| r.type_url.split('/').nth(1).unwrap()).collect();
+            let single = ["EnvoyFilter", "ProxyConfig", "WasmPlugin"].contains(&info.kind);
+            if single {
+                assert_eq!(versions.len(), 1, "{}", info.kind);
+            } else {
+                assert!(versions.contains(&"v1"), "{} lacks its Istio 1.24 version", info.kind);
+                assert!(both.iter().any(|(old, _)| versions.contains(old)), "{} lacks its 1.23 version", info.kind);
+            }
+        }
+        assert_eq!(lookup(MESH_CONFIG).map(|t| t.form), Some(ItemForm::MeshConfig));
     }
 }

@@ -87,6 +87,12 @@ impl Config {
         self
     }
 
+    /// Deletes any object by its key.
+    pub fn delete_key(&mut self, key: ResourceKey) -> &mut Self {
+        self.apply(Op::Delete { key, source_version: String::new() });
+        self
+    }
+
     pub fn publish(&mut self) -> Arc<Snapshot> {
         let changes = keelson_hub::ChangeSet { since: self.published, keys: std::mem::take(&mut self.changed) };
         self.published = Some(self.state.version);

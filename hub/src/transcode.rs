@@ -1,9 +1,11 @@
-//! Envoy resources: proto3 JSON ⇄ protobuf, with a canonical encoding.
+//! proto3 JSON ⇄ protobuf for every kind with a protobuf form (Envoy
+//! resources and Istio kinds), with a canonical encoding.
 //!
 //! Users write Envoy resources the way Envoy's docs do (proto3 JSON, typed
-//! `Any` with `@type`). They are transcoded with the descriptors compiled in
-//! `keelson-proto`. An `@type` outside those descriptors is an error that
-//! names it.
+//! `Any` with `@type`) and Istio specs the way istio.io does (lowerCamelCase;
+//! proto3 JSON accepts both spellings). Both are transcoded with the one
+//! descriptor pool compiled in `keelson-proto`; an unknown field, a bad enum
+//! value or an `@type` outside the pool is an error that names its path.
 //!
 //! Encoding is made canonical: map entries sorted (prost-reflect keeps maps
 //! in a `HashMap`, whose order changes from process to process), fields in
@@ -15,21 +17,21 @@ use prost::Message;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvoyError {
+pub enum TranscodeError {
     #[error("{message} is not a type Keelson has descriptors for")]
     UnknownMessage { message: String },
     #[error("spec is not a valid {message}: {reason}")]
     Invalid { message: String, reason: String },
 }
 
-fn descriptor(message: &str) -> Result<MessageDescriptor, EnvoyError> {
+fn descriptor(message: &str) -> Result<MessageDescriptor, TranscodeError> {
     keelson_proto::descriptors()
         .get_message_by_name(message)
-        .ok_or_else(|| EnvoyError::UnknownMessage { message: message.to_string() })
+        .ok_or_else(|| TranscodeError::UnknownMessage { message: message.to_string() })
 }
 
 /// Transcodes proto3 JSON into the message's canonical protobuf encoding.
-pub fn encode_json(message: &str, json: &serde_json::Value) -> Result<Bytes, EnvoyError> {
+pub fn encode_json(message: &str, json: &serde_json::Value) -> Result<Bytes, TranscodeError> {
     let desc = descriptor(message)?;
     // Track the path so an error names the field, not just the bad value.
     let mut track = serde_path_to_error::Track::new();
@@ -38,7 +40,7 @@ pub fn encode_json(message: &str, json: &serde_json::Value) -> Result<Bytes, Env
         DynamicMessage::deserialize_with_options(desc.clone(), tracked, &DeserializeOptions::new()).map_err(|e| {
             let path = track.path().to_string();
             let reason = if path == "." { e.to_string() } else { format!("at {path}: {e}") };
-            EnvoyError::Invalid { message: message.to_string(), reason }
+            TranscodeError::Invalid { message: message.to_string(), reason }
         })?;
     Ok(canonical(&desc, &dynamic.encode_to_vec()))
 }
@@ -50,9 +52,9 @@ pub fn encode_any(type_url: &str, value: &[u8]) -> Bytes {
 }
 
 /// Protobuf back to proto3 JSON, as users wrote it (snake_case field names).
-pub fn decode_to_json(message: &str, bytes: &[u8]) -> Result<serde_json::Value, EnvoyError> {
+pub fn decode_to_json(message: &str, bytes: &[u8]) -> Result<serde_json::Value, TranscodeError> {
     let desc = descriptor(message)?;
-    let invalid = |reason: String| EnvoyError::Invalid { message: message.to_string(), reason };
+    let invalid = |reason: String| TranscodeError::Invalid { message: message.to_string(), reason };
     let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| invalid(e.to_string()))?;
     let opts = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(false);
     dynamic.serialize_with_options(serde_json::value::Serializer, &opts).map_err(|e| invalid(e.to_string()))
