@@ -92,7 +92,7 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
             require(spec, required, "spec.")?;
             // Transcoded now, so a misspelled field or a bad enum value is
             // this object's error, not a surprise in every istiod.
-            transcode::encode_json(message, &Value::Object(spec.clone())).map_err(|e| e.to_string())?;
+            transcode::encode_istio_json(message, &Value::Object(spec.clone())).map_err(|e| e.to_string())?;
             meta_name.to_string()
         }
         Encoding::Kubernetes { required } => {
@@ -247,7 +247,7 @@ pub fn encode_resource(
             )
         }
         Encoding::Istio { message, .. } => Some(
-            transcode::encode_json(message, &Value::Object(spec))
+            transcode::encode_istio_json(message, &Value::Object(spec))
                 .map(|spec| crate::mcp::encode_item(message, key, &value, &spec, version, created_at))
                 .map_err(|e| e.to_string()),
         ),

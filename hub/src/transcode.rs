@@ -45,6 +45,101 @@ pub fn encode_json(message: &str, json: &serde_json::Value) -> Result<Bytes, Tra
     Ok(canonical(&desc, &dynamic.encode_to_vec()))
 }
 
+/// [`encode_json`] for Istio specs, which may write durations the way Go
+/// does (`5m`, `1h30m`, `100ms`): istiod reads them with the gogo/golang
+/// jsonpb parsers, which take `time.ParseDuration` strings, and istio.io's
+/// examples use them (`baseEjectionTime: 3m`). proto3 JSON takes only
+/// seconds (`180s`), so such strings are rewritten first; anything that is
+/// not a Go duration is left for the transcoder to reject with its path.
+pub fn encode_istio_json(message: &str, json: &serde_json::Value) -> Result<Bytes, TranscodeError> {
+    let desc = descriptor(message)?;
+    let mut json = json.clone();
+    seconds_for_go_durations(&desc, &mut json);
+    encode_json(message, &json)
+}
+
+fn seconds_for_go_durations(desc: &MessageDescriptor, value: &mut serde_json::Value) {
+    use prost_reflect::Kind;
+    let serde_json::Value::Object(fields) = value else { return };
+    for (name, v) in fields.iter_mut() {
+        let Some(field) = desc.get_field_by_json_name(name).or_else(|| desc.get_field_by_name(name)) else { continue };
+        let kind = if field.is_map() {
+            match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other,
+            }
+        } else {
+            field.kind()
+        };
+        let Kind::Message(sub) = kind else { continue };
+        let items: Vec<&mut serde_json::Value> = match v {
+            serde_json::Value::Array(list) if field.is_list() => list.iter_mut().collect(),
+            serde_json::Value::Object(map) if field.is_map() => map.values_mut().collect(),
+            other => vec![other],
+        };
+        for item in items {
+            if sub.full_name() == "google.protobuf.Duration" {
+                if let Some(seconds) = item.as_str().and_then(go_duration_as_seconds) {
+                    *item = serde_json::Value::String(seconds);
+                }
+            } else {
+                seconds_for_go_durations(&sub, item);
+            }
+        }
+    }
+}
+
+/// A Go `time.ParseDuration` string as proto3 JSON seconds (`1m30s` →
+/// `90s`), or `None` if it is not one.
+fn go_duration_as_seconds(text: &str) -> Option<String> {
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: u128 = 0;
+    if rest == "0" {
+        rest = "";
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let mut part = whole.checked_mul(scale)?;
+        let mut place = scale;
+        for d in fraction.chars() {
+            place /= 10;
+            part += u128::from(d.to_digit(10)?) * place;
+        }
+        nanos = nanos.checked_add(part)?;
+        rest = tail;
+    }
+    let (secs, sub) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+    let sign = if negative && nanos > 0 { "-" } else { "" };
+    Some(if sub == 0 {
+        format!("{sign}{secs}s")
+    } else {
+        format!("{sign}{secs}.{}s", format!("{sub:09}").trim_end_matches('0'))
+    })
+}
+
 /// `google.protobuf.Any { type_url, value }`, encoded.
 pub fn encode_any(type_url: &str, value: &[u8]) -> Bytes {
     let any = prost_types::Any { type_url: type_url.to_string(), value: value.to_vec() };
@@ -263,6 +358,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn go_durations_become_proto3_seconds() {
+        for (go, proto) in [
+            ("5m", "300s"),
+            ("1h30m", "5400s"),
+            ("100ms", "0.1s"),
+            ("1.5s", "1.5s"),
+            ("0", "0s"),
+            ("-2m", "-120s"),
+            ("250us", "0.00025s"),
+        ] {
+            assert_eq!(go_duration_as_seconds(go).as_deref(), Some(proto), "{go}");
+        }
+        for bad in ["", "5", "soon", "5x", "1.2.3s", "m"] {
+            assert_eq!(go_duration_as_seconds(bad), None, "{bad}");
+        }
     }
 
     #[test]

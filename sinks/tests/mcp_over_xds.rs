@@ -137,6 +137,7 @@ async fn every_requested_type_is_answered_at_once_for_both_istio_versions() {
     cfg.upsert(cluster("envoy-only"));
     cfg.publish();
     let (server, ledger, _nacks) = server(rx, XdsConfig::default());
+    let mut open = Vec::new();
     for (n, set) in [ISTIO_1_24, ISTIO_1_23].into_iter().enumerate() {
         let mut s = subscribe(&server, istiod(n, ""), set);
         let got = answers(&mut s, set.len() + 1).await;
@@ -160,6 +161,7 @@ async fn every_requested_type_is_answered_at_once_for_both_istio_versions() {
         // MeshConfig is one unwrapped Any.
         assert_eq!(got[MESH].resources.len(), 1);
         assert_eq!(got[MESH].resources[0].type_url, "type.googleapis.com/istio.mesh.v1alpha1.MeshConfig");
+        open.push(s);
     }
     // Both are MCP clients in the ledger, tracked per Istio type.
     let records = ledger.records();

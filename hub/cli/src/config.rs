@@ -333,7 +333,7 @@ pub fn load_mesh_config(path: &Path) -> Result<Vec<u8>> {
     let value: serde_json::Value = serde_yaml::from_str(&text)
         .with_context(|| format!("mcp.mesh_config: {} is not valid YAML", path.display()))?;
     let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
-    keelson_hub::transcode::encode_json(MESH_CONFIG_MESSAGE, &value)
+    keelson_hub::transcode::encode_istio_json(MESH_CONFIG_MESSAGE, &value)
         .map(|b| b.to_vec())
         .map_err(|e| anyhow::anyhow!("mcp.mesh_config: {}: {e}", path.display()))
 }
