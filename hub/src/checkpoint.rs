@@ -233,6 +233,41 @@ mod tests {
         assert_eq!(decode(FORMAT_V2, &unaligned[1..]).unwrap(), state);
     }
 
+    /// A checkpoint written before Istio kinds had a wire form still loads:
+    /// its entries are rebuilt, so they get one.
+    #[test]
+    fn a_v1_checkpoint_loads_with_its_entries_rebuilt() {
+        let body = Body::from_value(&serde_json::json!({ "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService", "metadata": { "name": "r", "namespace": "ns" }, "spec": { "hosts": ["r"] } }));
+        let v1 = CheckpointV1 {
+            seq: 9,
+            version: 8,
+            entries: vec![EntryV1 {
+                group: "networking.istio.io".into(),
+                kind: "VirtualService".into(),
+                namespace: "ns".into(),
+                name: "r".into(),
+                version: 8,
+                body: body.json().to_vec(),
+                hash: body.hash().to_be_bytes(),
+                origin_kind: 1,
+                origin_name: "f".into(),
+                origin_cluster: String::new(),
+                source_version: String::new(),
+                location: "vs.yaml:1".into(),
+                encoded: None,
+            }],
+        };
+        let blob = rkyv::to_bytes::<rancor::Error>(&v1).unwrap();
+        let state = decode(FORMAT_V1, &blob).unwrap();
+        assert_eq!((state.seq, state.version), (9, 8));
+        let e = state.resources.values().next().unwrap();
+        assert!(e.encoded.is_some(), "rebuilt with its MCP item");
+        assert_eq!(e.created_at, UNIX_EPOCH, "no creation time was recorded before v2");
+        // Written back, it is v2 and round-trips.
+        assert_eq!(decode(FORMAT_V2, &encode(&state)).unwrap(), state);
+    }
+
     #[test]
     fn wrong_format_or_garbage_is_refused() {
         let blob = encode(&State::default());

@@ -233,6 +233,62 @@ mod tests {
         assert_eq!(s.version, 5);
     }
 
+    fn vs(host: &str, created: Option<&str>) -> Op {
+        let mut v = serde_json::json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": "r", "namespace": "ns", "labels": { "b": "2", "a": "1" } },
+            "spec": { "hosts": [host] } });
+        if let Some(t) = created {
+            v["metadata"]["creationTimestamp"] = serde_json::json!(t);
+        }
+        let o = crate::object::parse_object(&v).unwrap();
+        Op::Upsert { key: o.key, source_version: String::new(), body: o.body, location: String::new() }
+    }
+
+    fn at(secs: u64, seq: u64, op: Op) -> Event {
+        Event { at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs), ..ev(seq, op) }
+    }
+
+    #[test]
+    fn creation_time_is_the_first_event_and_survives_updates_unless_the_body_states_one() {
+        let key = ResourceKey::new("networking.istio.io", "VirtualService", "ns", "r");
+        let mut s = State::default();
+        s.apply(at(100, 1, vs("a", None)));
+        s.apply(at(200, 2, vs("b", None)));
+        let e = &s.resources[&key];
+        assert_eq!((e.version, e.created_at), (2, SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100)));
+        s.apply(at(300, 3, vs("c", Some("2024-01-02T03:04:05Z"))));
+        let stated = humantime::parse_rfc3339("2024-01-02T03:04:05Z").unwrap();
+        assert_eq!(s.resources[&key].created_at, stated);
+        // Deleted and created again: a new object, a new creation time.
+        s.apply(at(400, 4, Op::Delete { key: key.clone(), source_version: String::new() }));
+        s.apply(at(500, 5, vs("d", None)));
+        assert_eq!(s.resources[&key].created_at, SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(500));
+    }
+
+    #[test]
+    fn an_istio_entry_is_encoded_once_as_its_mcp_item() {
+        use prost::Message;
+        let mut s = State::default();
+        s.apply(at(100, 7, vs("reviews", None)));
+        let key = ResourceKey::new("networking.istio.io", "VirtualService", "ns", "r");
+        let encoded = s.resources[&key].encoded.clone().expect("Istio kinds have a wire form");
+        let any = prost_types::Any::decode(encoded.as_ref()).unwrap();
+        assert_eq!(any.type_url, crate::mcp::RESOURCE_TYPE_URL);
+        let res = keelson_proto::mcp::Resource::decode(any.value.as_slice()).unwrap();
+        let meta = res.metadata.unwrap();
+        assert_eq!((meta.name.as_str(), meta.version.as_str()), ("ns/r", "7"));
+        assert_eq!(meta.create_time.unwrap().seconds, 100);
+        assert_eq!(meta.labels.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let body = res.body.unwrap();
+        assert_eq!(body.type_url, "type.googleapis.com/istio.networking.v1alpha3.VirtualService");
+        let json = crate::transcode::decode_to_json("istio.networking.v1alpha3.VirtualService", &body.value).unwrap();
+        assert_eq!(json["hosts"], serde_json::json!(["reviews"]));
+        // Same object, same seq, same time: the same bytes, in any process.
+        let mut again = State::default();
+        again.apply(at(100, 7, vs("reviews", None)));
+        assert_eq!(again.resources[&key].encoded.as_ref(), Some(&encoded));
+    }
+
     #[test]
     fn clones_share_structure_and_diverge_independently() {
         let mut s = State::default();
