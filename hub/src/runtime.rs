@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -461,7 +461,9 @@ impl Ingest {
                 .map_err(|e| HubError::Task(e.to_string()))??
         };
         self.shared.metrics.events_appended.inc_by(range.len());
-        let at = SystemTime::now();
+        // The log's own time for these records: a replay applies them with
+        // it, and must build the same entries (creation times included).
+        let at = range.at;
         let mut touched = Vec::new();
         for (i, op) in out.into_iter().enumerate() {
             let upserted = match &op {

@@ -56,6 +56,9 @@ pub struct NewRecord {
 pub struct SeqRange {
     pub first: u64,
     pub last: u64,
+    /// The time every record of the append carries (what a reader gets
+    /// back), so a caller that applies them at once uses the same clock.
+    pub at: std::time::SystemTime,
 }
 
 impl SeqRange {

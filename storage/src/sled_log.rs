@@ -311,6 +311,11 @@ const SLED_BATCH_RECORDS: usize = 1024;
 /// end to end (docs/benchmarks.md). Reads past it come from the OS page cache.
 const SLED_CACHE_BYTES: u64 = 32 << 20;
 
+/// A record's stored time (nanoseconds since the epoch) as a SystemTime.
+fn time_of(nanos: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+}
+
 /// Frees what sled replaced during a burst of writes, once the burst is over.
 ///
 /// sled 0.34 frees replaced pages and values through crossbeam-epoch's
@@ -339,7 +344,7 @@ impl EventLog for SledEventLog {
         let range = {
             let mut st = self.append.lock().unwrap_or_else(PoisonError::into_inner);
             if batch.is_empty() {
-                return Ok(SeqRange { first: st.next_seq, last: st.next_seq - 1 });
+                return Ok(SeqRange { first: st.next_seq, last: st.next_seq - 1, at: time_of(st.last_at) });
             }
             // Times never go backwards in the log, so seq order is time order
             // even if the wall clock steps back.
@@ -372,7 +377,7 @@ impl EventLog for SledEventLog {
             st.next_seq = last + 1;
             st.last_at = at;
             self.applied.store(last, Ordering::Release);
-            SeqRange { first, last }
+            SeqRange { first, last, at: time_of(at) }
         };
         self.commit.wait_durable(range.last, || self.flush_covering())?;
         Ok(range)
