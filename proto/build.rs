@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "keelson/xds/v1/preencoded.proto",
     "istio/mcp/v1alpha1/metadata.proto",
     "istio/mcp/v1alpha1/resource.proto",
+    // Legacy Galley MCP services (docs/mcp-legacy.md).
+    "istio/mcp/v1alpha1/mcp.proto",
 ];
 
 /// Envoy types users may write in config files, directly or inside a typed
@@ -95,10 +97,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }
-    let fds = protox::compile(PROTOS, [&root])?;
+    // mcp.proto imports google/rpc/status.proto from googleapis; the Rust
+    // type is envoy-types' copy, so a NACK's error_detail is one type everywhere.
+    let fds = protox::compile(PROTOS, [root.clone(), envoy.join("googleapis")])?;
     tonic_prost_build::configure()
         .build_client(false)
+        // The sinks crate writes its own servers (pre-encoded responses).
         .build_server(false)
+        .extern_path(".google.rpc", "::envoy_types::pb::google::rpc")
         // Payloads and pre-encoded resources are shared, not copied.
         .bytes(".")
         // Sorted maps encode the same in every process: an MCP item's bytes

@@ -1,5 +1,5 @@
 //! Generates the server side of `envoy.service.discovery.v3.AggregatedDiscoveryService`
-//! with Keelson's own codec: requests decode as envoy-types messages, while
+//! (and of the legacy MCP services, `istio.mcp.v1alpha1`) with Keelson's own codec: requests decode as envoy-types messages, while
 //! responses are written from shared, pre-encoded bytes (see src/xds/wire.rs).
 //! envoy-types' generated server would take owned `DiscoveryResponse`s and
 //! re-encode every resource for every stream.
@@ -12,7 +12,7 @@ fn main() {
         Method::builder()
             .name(name)
             .route_name(route)
-            .input_type(format!("{discovery}::{input}"))
+            .input_type(if input.starts_with("::") { input.to_string() } else { format!("{discovery}::{input}") })
             .output_type("crate::xds::wire::Outbound")
             .codec_path(format!("crate::xds::wire::{codec}"))
             .client_streaming()
@@ -25,5 +25,33 @@ fn main() {
         .method(method("stream_aggregated_resources", "StreamAggregatedResources", "DiscoveryRequest", "SotwCodec"))
         .method(method("delta_aggregated_resources", "DeltaAggregatedResources", "DeltaDiscoveryRequest", "DeltaCodec"))
         .build();
-    Builder::new().build_client(false).build_transport(false).compile(&[ads]);
+    // Legacy Galley MCP (istio.mcp.v1alpha1; src/xds/legacy.rs), same codec.
+    let mcp = |input: &str| format!("::keelson_proto::mcp::{input}");
+    let mesh_config = Service::builder()
+        .name("AggregatedMeshConfigService")
+        .package("istio.mcp.v1alpha1")
+        .method(method(
+            "stream_aggregated_resources",
+            "StreamAggregatedResources",
+            &mcp("MeshConfigRequest"),
+            "MeshConfigCodec",
+        ))
+        .method(method(
+            "incremental_aggregated_resources",
+            "IncrementalAggregatedResources",
+            &mcp("IncrementalMeshConfigRequest"),
+            "IncrementalMeshConfigCodec",
+        ))
+        .build();
+    let resource_source = Service::builder()
+        .name("ResourceSource")
+        .package("istio.mcp.v1alpha1")
+        .method(method(
+            "establish_resource_stream",
+            "EstablishResourceStream",
+            &mcp("RequestResources"),
+            "ResourceSourceCodec",
+        ))
+        .build();
+    Builder::new().build_client(false).build_transport(false).compile(&[ads, mesh_config, resource_source]);
 }

@@ -12,7 +12,7 @@ use keelson_hub::{ResourceEntry, ResourceKey, Snapshot};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::types::ServedType;
-use super::wire::{DeltaItem, SotwBody, put_bytes, put_str, wrapped_any};
+use super::wire::{DeltaItem, McpMessage, SotwBody, any_value, put_bytes, put_str, wrapped_any};
 
 /// Everything a SotW body depends on.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub struct BodyKey {
     /// Make-before-break: also hold the items the client last got (from the
     /// kind at this version) that the new state removes.
     pub retain_from: Option<u64>,
+    /// The legacy MCP message the body is laid out as; None = an xDS
+    /// `DiscoveryResponse`. One collection name can be asked on two legacy
+    /// services, whose bodies differ.
+    pub wire: Option<McpMessage>,
 }
 
 /// Counters of encoding work, over the cache's life.
@@ -258,4 +262,41 @@ pub fn build_sotw(
     let mut names: Vec<Box<str>> = items.iter().chain(extra).map(|(n, _)| Box::from(n.as_ref())).collect();
     names.sort_unstable();
     SotwBody { names, bytes: Bytes::from(buf), version: key.version, fingerprint: fp.digest128() }
+}
+
+/// What a set of items is, as a fingerprint of its (name, version) pairs:
+/// the same set gives the same value whichever legacy message carries it.
+pub fn items_fingerprint(items: &[(Cow<'_, str>, &Arc<ResourceEntry>)]) -> u128 {
+    let mut fp = Xxh3::new();
+    for (name, entry) in items {
+        fp.update(name.as_bytes());
+        fp.update(&[0]);
+        fp.update(&entry.version.to_le_bytes());
+    }
+    fp.digest128()
+}
+
+/// The MCP `Resource` an entry's item wraps (see [`any_value`]).
+pub fn mcp_resource(entry: &ResourceEntry) -> Bytes {
+    entry.encoded.as_ref().and_then(any_value).unwrap_or_default()
+}
+
+/// A legacy MCP full-state body (`MeshConfigResponse`, or `Resources` with
+/// `incremental` unset): version, the echoed type URL or collection, and
+/// every item as its MCP `Resource`. The nonce is the stream's own.
+pub fn build_mcp_full(key: &BodyKey, message: McpMessage, items: &[(Cow<'_, str>, &Arc<ResourceEntry>)]) -> SotwBody {
+    let f = message.fields();
+    let version = key.version.to_string();
+    let len: usize = items.iter().map(|(_, e)| e.encoded.as_ref().map_or(0, Bytes::len) + 8).sum();
+    let mut buf = Vec::with_capacity(len + version.len() + key.type_url.len() + 16);
+    put_str(f.version, &version, &mut buf);
+    if let Some(tag) = f.name {
+        put_str(tag, &key.type_url, &mut buf);
+    }
+    for (_, entry) in items {
+        put_bytes(f.resources, &mcp_resource(entry), &mut buf);
+    }
+    let mut names: Vec<Box<str>> = items.iter().map(|(n, _)| Box::from(n.as_ref())).collect();
+    names.sort_unstable();
+    SotwBody { names, bytes: Bytes::from(buf), version: key.version, fingerprint: items_fingerprint(items) }
 }

@@ -82,7 +82,7 @@ impl Default for XdsMetrics {
 
 /// The label of a type URL; built per push and ACK, so it allocates nothing.
 fn label(type_url: &str) -> TypeLabel {
-    TypeLabel { r#type: super::types::lookup(type_url).map_or("other", |t| t.short) }
+    TypeLabel { r#type: super::types::short_label(type_url).unwrap_or("other") }
 }
 
 impl XdsMetrics {

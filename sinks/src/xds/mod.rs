@@ -2,6 +2,7 @@
 //!
 //! * [`types`]: the servable type URLs, as data.
 //! * [`sotw`], [`delta`]: the per-stream protocol machines.
+//! * [`legacy`]: the legacy Galley MCP machine (three services, one machine).
 //! * [`stream`]: the one loop that runs either machine.
 //! * [`cache`]: serialized-once response bodies.
 //! * [`wire`]: the codec writing shared bytes.
@@ -13,6 +14,7 @@
 pub mod cache;
 pub mod conn;
 pub mod delta;
+pub mod legacy;
 pub mod metrics;
 pub mod nack;
 pub mod server;
@@ -26,6 +28,8 @@ pub mod wire;
 #[allow(clippy::all, clippy::pedantic)]
 pub mod generated {
     include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.AggregatedDiscoveryService.rs"));
+    include!(concat!(env!("OUT_DIR"), "/istio.mcp.v1alpha1.AggregatedMeshConfigService.rs"));
+    include!(concat!(env!("OUT_DIR"), "/istio.mcp.v1alpha1.ResourceSource.rs"));
 }
 
 pub use nack::NackLimits;

@@ -1,5 +1,5 @@
-//! The gRPC server: ADS (SotW and Delta), gRPC health and reflection on one
-//! port, with limits on new streams, request rates and message sizes.
+//! The gRPC server: ADS (SotW and Delta), legacy Galley MCP, gRPC health and
+//! reflection on one port, with limits on new streams, request rates and message sizes.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::cache::ResponseCache;
 use super::conn::{ConnInfo, ConnLimits, accept_loop, default_max_connections};
 use super::delta::DeltaMachine;
+use super::legacy::{LegacyMachine, MESH_CONFIG_INCREMENTAL, MESH_CONFIG_SOTW, RESOURCE_SOURCE};
 use super::metrics::{StreamLabel, XdsMetrics};
 use super::nack::{NackGate, NackLimits};
 use super::session::{GroupKey, MeshConfigItem, NackRecord, Session, Shared};
@@ -23,6 +24,11 @@ use super::stream::{Machine, ResponseStream, StreamLimits, drive};
 use crate::xds::generated::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
+use crate::xds::generated::aggregated_mesh_config_service_server::{
+    AggregatedMeshConfigService, AggregatedMeshConfigServiceServer,
+};
+use crate::xds::generated::resource_source_server::{ResourceSource, ResourceSourceServer};
+use keelson_proto::mcp::{IncrementalMeshConfigRequest, MeshConfigRequest, RequestResources};
 
 /// Settings of the xDS server (`[xds]` in keelson.toml).
 #[derive(Clone, Debug)]
@@ -152,6 +158,66 @@ impl AdsServer {
         let max = self.max_message_bytes;
         AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(max).max_encoding_message_size(max)
     }
+
+    /// Legacy Galley MCP's aggregated service, same limits.
+    pub fn mesh_config_service(&self) -> AggregatedMeshConfigServiceServer<AdsServer> {
+        let max = self.max_message_bytes;
+        AggregatedMeshConfigServiceServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+
+    /// Legacy Galley MCP's `ResourceSource`, same limits.
+    pub fn resource_source_service(&self) -> ResourceSourceServer<AdsServer> {
+        let max = self.max_message_bytes;
+        ResourceSourceServer::new(self.clone()).max_decoding_message_size(max).max_encoding_message_size(max)
+    }
+
+    /// Opens a legacy MCP stream of `flavor` on `requests`.
+    fn open_legacy<R>(
+        &self,
+        flavor: &'static super::legacy::Flavor,
+        request: Request<Streaming<R>>,
+    ) -> Result<Response<ResponseStream>, Status>
+    where
+        R: Into<super::legacy::LegacyRequest> + Send + 'static,
+    {
+        self.admit()?;
+        let machine = LegacyMachine::<R>::new(Session::new(flavor.stream, remote(&request)), flavor);
+        Ok(Response::new(self.open(machine, flavor.stream, request.into_inner())))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedMeshConfigService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type IncrementalAggregatedResourcesStream = ResponseStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<MeshConfigRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.open_legacy(&MESH_CONFIG_SOTW, request)
+    }
+
+    async fn incremental_aggregated_resources(
+        &self,
+        request: Request<Streaming<IncrementalMeshConfigRequest>>,
+    ) -> Result<Response<Self::IncrementalAggregatedResourcesStream>, Status> {
+        self.open_legacy(&MESH_CONFIG_INCREMENTAL, request)
+    }
+}
+
+#[tonic::async_trait]
+impl ResourceSource for AdsServer {
+    type EstablishResourceStreamStream = ResponseStream;
+
+    async fn establish_resource_stream(
+        &self,
+        request: Request<Streaming<RequestResources>>,
+    ) -> Result<Response<Self::EstablishResourceStreamStream>, Status> {
+        self.open_legacy(&RESOURCE_SOURCE, request)
+    }
 }
 
 fn remote(req: &Request<impl Sized>) -> String {
@@ -209,6 +275,8 @@ pub async fn serve(
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AggregatedDiscoveryServiceServer<AdsServer>>().await;
+    health.set_serving::<AggregatedMeshConfigServiceServer<AdsServer>>().await;
+    health.set_serving::<ResourceSourceServer<AdsServer>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keelson_proto::descriptor_set())
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -226,6 +294,9 @@ pub async fn serve(
         }))
         .add_service(health_service)
         .add_service(reflection)
+        // Legacy Galley MCP on the same port (docs/mcp-legacy.md).
+        .add_service(ads.mesh_config_service())
+        .add_service(ads.resource_source_service())
         .add_service(ads.into_service())
         .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use keelson_hub::ledger::LedgerEntry;
 use keelson_hub::{AckLedger, ProxyRecord};
 use keelson_proto::envoy::pb::envoy::config::core::v3::Node;
+use keelson_proto::mcp::SinkNode;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -152,6 +153,35 @@ impl Session {
         self.ledger = Some(shared.ledger.register(record));
         self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision });
         Ok(())
+    }
+
+    /// The legacy MCP form of [`Session::admit`]: the sink node comes from
+    /// the first request. Galley-era istiod (1.1–1.8) sent an empty id (and
+    /// `SinkNode` is "not authoritative" in the MCP design), so an empty or
+    /// missing one is accepted and the peer address stands in for it.
+    pub fn admit_sink(&mut self, sink: Option<&SinkNode>, shared: &Shared) {
+        if self.peer.is_some() {
+            return;
+        }
+        let id = match sink.map(|s| s.id.as_str()) {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ if !self.remote.is_empty() => self.remote.clone(),
+            _ => "unnamed-mcp-sink".to_string(),
+        };
+        let annotation = |key: &str| sink.and_then(|s| s.annotations.get(key)).filter(|v| !v.is_empty()).cloned();
+        // A sink node has no cluster: only node.id or an annotation can group it.
+        let group = match &shared.group_key {
+            GroupKey::Cluster => None,
+            GroupKey::Id => Some(id.clone()),
+            GroupKey::Metadata(field) => annotation(field),
+        };
+        let revision = annotation("ISTIO_REVISION").map(Arc::from);
+        let mut record = ProxyRecord::new(&id, "", self.stream);
+        record.group = group.clone();
+        record.peer = self.remote.clone();
+        record.protocol = keelson_hub::ledger::Protocol::Mcp;
+        self.ledger = Some(shared.ledger.register(record));
+        self.peer = Some(Peer { id, group: group.map(Arc::from), wants_ttl: false, revision });
     }
 
     pub fn group(&self) -> Option<&str> {

@@ -115,6 +115,7 @@ impl SotwMachine {
             subset: t.subset,
             wrap_ttl: self.session.wants_ttl(),
             retain_from,
+            wire: None,
         }
     }
 

@@ -145,6 +145,77 @@ pub const SERVED: &[ServedType] = &[
     mcp("telemetry.istio.io/v1alpha1/Telemetry", "telemetry.istio.io", "Telemetry"),
 ];
 
+/// An Istio kind as the legacy Galley MCP services name it (PROTOCOL.md
+/// §2b; docs/mcp-legacy.md). Items are the same MCP `Resource`s the
+/// MCP-over-xDS rows serve, so a row names its kind and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegacyName {
+    /// `istio/<area>/<version>/<plural>`: what `ResourceSource` sinks ask for
+    /// (and what Istio 1.1+'s pkg/mcp client put in `type_url`).
+    pub collection: &'static str,
+    /// `type.googleapis.com/<body message>`: Istio 1.0's `type_url`.
+    pub type_url: &'static str,
+    pub group: &'static str,
+    pub kind: &'static str,
+}
+
+/// One [`LegacyName`] row: the collection and the type URL both follow from
+/// the body's proto package (`istio.<area>.<version>`).
+macro_rules! legacy {
+    ($area:literal, $version:literal, $plural:literal, $group:literal, $kind:literal) => {
+        LegacyName {
+            collection: concat!("istio/", $area, "/", $version, "/", $plural),
+            type_url: concat!("type.googleapis.com/istio.", $area, ".", $version, ".", $kind),
+            group: $group,
+            kind: $kind,
+        }
+    };
+}
+
+/// Every Istio kind under its Galley-era names (plurals from Galley's
+/// metadata.yaml; ProxyConfig never had a Galley collection and follows the
+/// same pattern).
+pub const LEGACY: &[LegacyName] = &[
+    legacy!("networking", "v1alpha3", "virtualservices", "networking.istio.io", "VirtualService"),
+    legacy!("networking", "v1alpha3", "destinationrules", "networking.istio.io", "DestinationRule"),
+    legacy!("networking", "v1alpha3", "gateways", "networking.istio.io", "Gateway"),
+    legacy!("networking", "v1alpha3", "serviceentries", "networking.istio.io", "ServiceEntry"),
+    legacy!("networking", "v1alpha3", "sidecars", "networking.istio.io", "Sidecar"),
+    legacy!("networking", "v1alpha3", "workloadentries", "networking.istio.io", "WorkloadEntry"),
+    legacy!("networking", "v1alpha3", "workloadgroups", "networking.istio.io", "WorkloadGroup"),
+    legacy!("networking", "v1alpha3", "envoyfilters", "networking.istio.io", "EnvoyFilter"),
+    legacy!("networking", "v1beta1", "proxyconfigs", "networking.istio.io", "ProxyConfig"),
+    legacy!("security", "v1beta1", "authorizationpolicies", "security.istio.io", "AuthorizationPolicy"),
+    legacy!("security", "v1beta1", "peerauthentications", "security.istio.io", "PeerAuthentication"),
+    legacy!("security", "v1beta1", "requestauthentications", "security.istio.io", "RequestAuthentication"),
+    legacy!("telemetry", "v1alpha1", "telemetries", "telemetry.istio.io", "Telemetry"),
+    legacy!("extensions", "v1alpha1", "wasmplugins", "extensions.istio.io", "WasmPlugin"),
+];
+
+/// The served row a legacy name's items come from: its kind's MCP row.
+pub fn legacy_served(name: &LegacyName) -> &'static ServedType {
+    SERVED
+        .iter()
+        .find(|t| t.form == ItemForm::McpResource && t.group == name.group && t.kind == name.kind)
+        .expect("every legacy kind has an MCP row (tested)")
+}
+
+/// A legacy name by collection only (`ResourceSource`).
+pub fn legacy_collection(collection: &str) -> Option<&'static LegacyName> {
+    LEGACY.iter().find(|l| l.collection == collection)
+}
+
+/// A legacy name by type URL or collection (`AggregatedMeshConfigService`).
+pub fn legacy_type(name: &str) -> Option<&'static LegacyName> {
+    LEGACY.iter().find(|l| l.type_url == name || l.collection == name)
+}
+
+/// The short name tables and metrics labels use for a known type URL or
+/// legacy name; None for anything else (client-chosen strings).
+pub fn short_label(type_url: &str) -> Option<&'static str> {
+    lookup(type_url).map(|t| t.short).or_else(|| legacy_type(type_url).map(|l| l.kind))
+}
+
 /// Order given to type URLs the server does not know: after every known one.
 pub const UNKNOWN_ORDER: u8 = u8::MAX;
 
@@ -154,7 +225,7 @@ pub fn lookup(type_url: &str) -> Option<&'static ServedType> {
 
 /// Short name of any type URL: the table's, else the last path segment.
 pub fn short_name(type_url: &str) -> &str {
-    lookup(type_url).map_or_else(|| type_url.rsplit(['/', '.']).next().unwrap_or(type_url), |t| t.short)
+    short_label(type_url).unwrap_or_else(|| type_url.rsplit(['/', '.']).next().unwrap_or(type_url))
 }
 
 #[cfg(test)]
@@ -195,5 +266,31 @@ mod tests {
             }
         }
         assert_eq!(lookup(MESH_CONFIG).map(|t| t.form), Some(ItemForm::MeshConfig));
+    }
+
+    /// Every Istio kind has one legacy row, named from its body's proto
+    /// package, and the names do not collide with any other table row.
+    #[test]
+    fn every_istio_kind_has_its_galley_names() {
+        use keelson_hub::kinds::{Encoding, KINDS};
+        for info in KINDS.iter().filter(|k| matches!(k.encoding, Encoding::Istio { .. })) {
+            let rows: Vec<&LegacyName> =
+                LEGACY.iter().filter(|l| l.group == info.group && l.kind == info.kind).collect();
+            assert_eq!(rows.len(), 1, "{}", info.kind);
+            let row = rows[0];
+            let message = info.message().unwrap();
+            assert_eq!(row.type_url, format!("type.googleapis.com/{message}"));
+            let mut package = message.split('.').skip(1);
+            let (area, version) = (package.next().unwrap(), package.next().unwrap());
+            let prefix = format!("istio/{area}/{version}/");
+            let plural = row.collection.strip_prefix(&prefix).unwrap_or_else(|| panic!("{}", row.collection));
+            assert!(plural.chars().all(|c| c.is_ascii_lowercase()), "{plural}");
+            assert_eq!(legacy_served(row).kind, info.kind);
+            assert_eq!(legacy_collection(row.collection), Some(row));
+            assert_eq!(legacy_type(row.type_url), Some(row));
+            assert!(lookup(row.collection).is_none() && lookup(row.type_url).is_none());
+        }
+        assert_eq!(short_name("istio/networking/v1alpha3/virtualservices"), "VirtualService");
+        assert_eq!(legacy_collection("type.googleapis.com/istio.networking.v1alpha3.VirtualService"), None);
     }
 }

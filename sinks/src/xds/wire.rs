@@ -54,6 +54,57 @@ pub struct DeltaResponse {
     pub removed: Vec<Arc<str>>,
 }
 
+/// The legacy Galley MCP responses (`istio.mcp.v1alpha1`, PROTOCOL.md §2b).
+/// They differ from each other only in field numbers, which is all
+/// [`McpMessage::fields`] says.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum McpMessage {
+    MeshConfigResponse,
+    IncrementalMeshConfigResponse,
+    Resources,
+}
+
+/// Field numbers of one [`McpMessage`]; `None` = the message has no such field.
+#[derive(Clone, Copy, Debug)]
+pub struct McpFields {
+    pub version: u32,
+    /// `type_url` or `collection`, echoed from the request.
+    pub name: Option<u32>,
+    /// `repeated istio.mcp.v1alpha1.Resource`.
+    pub resources: u32,
+    pub removed: Option<u32>,
+    pub nonce: u32,
+    pub incremental: Option<u32>,
+}
+
+impl McpMessage {
+    pub const fn fields(self) -> McpFields {
+        match self {
+            McpMessage::MeshConfigResponse => {
+                McpFields { version: 1, name: Some(3), resources: 2, removed: None, nonce: 4, incremental: None }
+            }
+            McpMessage::IncrementalMeshConfigResponse => {
+                McpFields { version: 1, name: None, resources: 2, removed: Some(3), nonce: 4, incremental: None }
+            }
+            McpMessage::Resources => {
+                McpFields { version: 1, name: Some(2), resources: 3, removed: Some(4), nonce: 5, incremental: Some(6) }
+            }
+        }
+    }
+}
+
+/// A legacy MCP diff, made for one stream: the items are shared
+/// `istio.mcp.v1alpha1.Resource` bytes, framed at write time.
+#[derive(Debug)]
+pub struct McpDiff {
+    pub message: McpMessage,
+    pub system_version_info: String,
+    pub name: Arc<str>,
+    pub resources: Vec<Bytes>,
+    pub removed: Vec<Arc<str>>,
+    pub incremental: bool,
+}
+
 /// What a stream hands to its connection.
 #[derive(Debug)]
 pub enum Outbound {
@@ -66,6 +117,17 @@ pub enum Outbound {
         response: Box<DeltaResponse>,
         nonce: u64,
     },
+    /// A legacy MCP full-state body shared by every stream that needs it,
+    /// then this stream's nonce in the message's own field.
+    McpShared {
+        body: Arc<SotwBody>,
+        nonce: u64,
+        message: McpMessage,
+    },
+    McpDiff {
+        diff: Box<McpDiff>,
+        nonce: u64,
+    },
 }
 
 impl Outbound {
@@ -74,6 +136,12 @@ impl Outbound {
         match self {
             Outbound::Sotw { body, nonce } => body.bytes.len() + nonce_len(*nonce),
             Outbound::Delta { response, nonce } => delta_len(response) + nonce_len(*nonce),
+            Outbound::McpShared { body, nonce, message } => {
+                body.bytes.len() + tagged_nonce_len(*nonce, message.fields().nonce)
+            }
+            Outbound::McpDiff { diff, nonce } => {
+                mcp_diff_len(diff) + tagged_nonce_len(*nonce, diff.message.fields().nonce)
+            }
         }
     }
 
@@ -96,8 +164,64 @@ impl Outbound {
                     put_str(6, name, buf);
                 }
             }
+            Outbound::McpShared { body, nonce, message } => {
+                buf.put_slice(&body.bytes);
+                put_nonce(*nonce, message.fields().nonce, buf);
+            }
+            Outbound::McpDiff { diff, nonce } => {
+                let f = diff.message.fields();
+                put_str(f.version, &diff.system_version_info, buf);
+                if let Some(tag) = f.name {
+                    put_str(tag, &diff.name, buf);
+                }
+                for resource in &diff.resources {
+                    put_bytes(f.resources, resource, buf);
+                }
+                if let Some(tag) = f.removed {
+                    for name in &diff.removed {
+                        put_str(tag, name, buf);
+                    }
+                }
+                put_nonce(*nonce, f.nonce, buf);
+                if let (Some(tag), true) = (f.incremental, diff.incremental) {
+                    encode_key(tag, WireType::Varint, buf);
+                    encode_varint(1, buf);
+                }
+            }
         }
     }
+}
+
+fn mcp_diff_len(diff: &McpDiff) -> usize {
+    let f = diff.message.fields();
+    str_len(f.version, &diff.system_version_info)
+        + f.name.map_or(0, |tag| str_len(tag, &diff.name))
+        + diff.resources.iter().map(|r| len_field(f.resources, r.len())).sum::<usize>()
+        + f.removed.map_or(0, |tag| diff.removed.iter().map(|n| str_len(tag, n)).sum())
+        + f.incremental.filter(|_| diff.incremental).map_or(0, |tag| prost::encoding::key_len(tag) + 1)
+}
+
+/// The `value` of an encoded `google.protobuf.Any` (field 2), as a slice of
+/// the same buffer: legacy MCP responses carry the MCP `Resource` itself,
+/// not the `Any` the hub wraps it in. None if the bytes are not an `Any`.
+pub fn any_value(any: &Bytes) -> Option<Bytes> {
+    let mut rest: &[u8] = any;
+    while !rest.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut rest).ok()?;
+        if wire_type != WireType::LengthDelimited {
+            return None;
+        }
+        let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        if tag == 2 {
+            let start = any.len() - rest.len();
+            return Some(any.slice(start..start + len));
+        }
+        rest = &rest[len..];
+    }
+    Some(Bytes::new())
 }
 
 /// A u64 as decimal ASCII (nonces, Delta resource versions), written
@@ -127,7 +251,11 @@ impl Decimal {
 }
 
 fn nonce_len(nonce: u64) -> usize {
-    len_field(5, Decimal::new(nonce).as_bytes().len())
+    tagged_nonce_len(nonce, 5)
+}
+
+fn tagged_nonce_len(nonce: u64, tag: u32) -> usize {
+    len_field(tag, Decimal::new(nonce).as_bytes().len())
 }
 
 fn put_nonce(nonce: u64, tag: u32, buf: &mut impl BufMut) {
@@ -226,6 +354,9 @@ impl<Req> Default for XdsCodec<Req> {
 
 pub type SotwCodec = XdsCodec<DiscoveryRequest>;
 pub type DeltaCodec = XdsCodec<DeltaDiscoveryRequest>;
+pub type MeshConfigCodec = XdsCodec<keelson_proto::mcp::MeshConfigRequest>;
+pub type IncrementalMeshConfigCodec = XdsCodec<keelson_proto::mcp::IncrementalMeshConfigRequest>;
+pub type ResourceSourceCodec = XdsCodec<keelson_proto::mcp::RequestResources>;
 
 impl<Req: prost::Message + Default + Send + 'static> Codec for XdsCodec<Req> {
     type Encode = Outbound;
@@ -323,6 +454,58 @@ mod tests {
             let ttl = r.ttl.as_ref().unwrap();
             assert_eq!((ttl.seconds, ttl.nanos), (1, 500_000_000));
         }
+    }
+
+    /// An MCP Resource as the hub stores it: inside an Any.
+    fn mcp_item(name: &str) -> (Bytes, keelson_proto::mcp::Resource) {
+        let resource = keelson_proto::mcp::Resource {
+            metadata: Some(keelson_proto::mcp::Metadata {
+                name: name.into(),
+                version: "7".into(),
+                ..Default::default()
+            }),
+            body: None,
+        };
+        let any =
+            Any { type_url: "type.googleapis.com/istio.mcp.v1alpha1.Resource".into(), value: resource.encode_to_vec() };
+        (any.encode_to_vec().into(), resource)
+    }
+
+    #[test]
+    fn any_value_is_the_inner_message() {
+        let (any, resource) = mcp_item("ns/a");
+        let value = any_value(&any).unwrap();
+        assert_eq!(keelson_proto::mcp::Resource::decode(value).unwrap(), resource);
+        assert_eq!(any_value(&Bytes::from_static(&[8, 1])), None, "not an Any");
+    }
+
+    #[test]
+    fn mcp_diffs_decode_as_istio_messages() {
+        let (any, resource) = mcp_item("ns/a");
+        let diff = |message, incremental| McpDiff {
+            message,
+            system_version_info: "9".into(),
+            name: "istio/networking/v1alpha3/virtualservices".into(),
+            resources: vec![any_value(&any).unwrap()],
+            removed: vec!["ns/gone".into()],
+            incremental,
+        };
+        for incremental in [false, true] {
+            let out = Outbound::McpDiff { diff: Box::new(diff(McpMessage::Resources, incremental)), nonce: 12 };
+            let mut buf = Vec::new();
+            out.encode(&mut buf);
+            assert_eq!(buf.len(), out.encoded_len());
+            let r = keelson_proto::mcp::Resources::decode(buf.as_slice()).unwrap();
+            assert_eq!((r.nonce.as_str(), r.incremental, r.system_version_info.as_str()), ("12", incremental, "9"));
+            assert_eq!(r.collection, "istio/networking/v1alpha3/virtualservices");
+            assert_eq!((r.resources, r.removed_resources), (vec![resource.clone()], vec!["ns/gone".to_string()]));
+        }
+        let out = Outbound::McpDiff { diff: Box::new(diff(McpMessage::IncrementalMeshConfigResponse, true)), nonce: 3 };
+        let mut buf = Vec::new();
+        out.encode(&mut buf);
+        assert_eq!(buf.len(), out.encoded_len());
+        let r = keelson_proto::mcp::IncrementalMeshConfigResponse::decode(buf.as_slice()).unwrap();
+        assert_eq!((r.nonce.as_str(), r.resources, r.removed_resources), ("3", vec![resource], vec!["ns/gone".into()]));
     }
 
     #[test]
