@@ -1,5 +1,6 @@
-//! Shared by the real-client tests (real_envoy.rs, real_proxyless.rs): where
-//! the installed clients live, `/debug/syncz` readers, and polling.
+//! Shared by the real-client tests (real_envoy.rs, real_proxyless.rs,
+//! real_mcp.rs): where the installed clients live, `/debug/syncz` readers,
+//! and polling.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
