@@ -16,6 +16,9 @@
 //!   and the response is ACKed anyway. The loadtest counts them instead, so
 //!   a server bug fails the run rather than hiding behind an ACK.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use keelson_proto::envoy::pb::envoy::config::core::v3::Node;
@@ -261,19 +264,53 @@ pub fn decode_item(any: &Any, revision: &str) -> Result<Item, ItemError> {
     Ok(Item { name, version: meta.version })
 }
 
+/// The items already decoded and found good, by a hash of their bytes,
+/// shared by every istiod of a run. Keelson sends every client the same
+/// bytes for an item version (serialized once), and every SotW response
+/// holds the full state of its kind, so without this the loadtest would
+/// spend its CPU decoding the same 10,000 bodies 100 times per change — CPU
+/// the hub under test shares. An item whose exact bytes were checked before
+/// is known good; any other is decoded in full. All istiods of a run share
+/// one revision, so the revision rule holds for the cache too.
+#[derive(Debug, Default)]
+pub struct CheckedItems(Mutex<HashSet<u64>>);
+
+impl CheckedItems {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many distinct item encodings were checked.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn item_hash(any: &Any) -> u64 {
+    // SipHash with fixed keys: the same bytes hash the same in every task.
+    let mut h = std::hash::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    h.finish()
+}
+
 /// What a simulated istiod makes of one response.
 #[derive(Debug, Default, PartialEq)]
 pub struct Reading {
     /// Send an ACK: every response but a non-empty MeshConfig.
     pub ack: bool,
     /// Items kept.
-    pub items: Vec<Item>,
+    pub kept: usize,
     /// Items istiod would drop, and why.
     pub dropped: Vec<ItemError>,
 }
 
 /// Reads a response of `kind` (MeshConfig or an Istio kind).
-pub fn read(kind: Kind, r: &DiscoveryResponse, revision: &str) -> Reading {
+pub fn read(kind: Kind, r: &DiscoveryResponse, revision: &str, checked: &CheckedItems) -> Reading {
     if kind == Kind::MeshConfig {
         // Only the first resource is read, as the MeshConfig itself.
         let Some(first) = r.resources.first() else { return Reading { ack: true, ..Reading::default() } };
@@ -286,14 +323,30 @@ pub fn read(kind: Kind, r: &DiscoveryResponse, revision: &str) -> Reading {
                 .into_iter()
                 .collect()
         };
-        return Reading { ack: false, items: Vec::new(), dropped };
+        return Reading { ack: false, kept: 0, dropped };
     }
     let mut reading = Reading { ack: true, ..Reading::default() };
-    for any in &r.resources {
+    let hashes: Vec<u64> = r.resources.iter().map(item_hash).collect();
+    let known: Vec<bool> = {
+        let set = checked.lock();
+        hashes.iter().map(|h| set.contains(h)).collect()
+    };
+    let mut good = Vec::new();
+    for ((any, hash), known) in r.resources.iter().zip(hashes).zip(known) {
+        if known {
+            reading.kept += 1;
+            continue;
+        }
         match decode_item(any, revision) {
-            Ok(item) => reading.items.push(item),
+            Ok(_) => {
+                reading.kept += 1;
+                good.push(hash);
+            }
             Err(e) => reading.dropped.push(e),
         }
+    }
+    if !good.is_empty() {
+        checked.lock().extend(good);
     }
     reading
 }

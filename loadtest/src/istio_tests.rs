@@ -157,12 +157,13 @@ fn a_body_in_the_pool_is_decoded_strictly() {
 #[test]
 fn a_meshconfig_with_content_is_read_and_not_acked_an_empty_one_is_acked() {
     let mesh = Any { type_url: MESH_CONFIG_TYPE_URL.into(), value: vec![] };
-    let full = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![mesh]), "");
-    assert_eq!(full, Reading { ack: false, items: vec![], dropped: vec![] });
-    let empty = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![]), "");
+    let checked = CheckedItems::default();
+    let full = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![mesh]), "", &checked);
+    assert_eq!(full, Reading { ack: false, kept: 0, dropped: vec![] });
+    let empty = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![]), "", &checked);
     assert!(empty.ack && empty.dropped.is_empty());
     let wrapped = Any { type_url: RESOURCE_TYPE_URL.into(), value: vec![] };
-    let r = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![wrapped]), "");
+    let r = read(Kind::MeshConfig, &response(MESH_CONFIG, vec![wrapped]), "", &checked);
     assert!(!r.ack);
     assert_eq!(r.dropped, [ItemError::MeshConfigType(RESOURCE_TYPE_URL.into())]);
 }
@@ -172,8 +173,21 @@ fn a_response_is_acked_even_when_items_are_dropped() {
     let vs = "istio.networking.v1alpha3.VirtualService";
     let good = item(vs, &vs_key("a", "one"), json!({}), &vs_spec("one"), 5);
     let bad = item(vs, &vs_key("a/x", "two"), json!({}), &vs_spec("two"), 6);
-    let r = read(Kind::VirtualService, &response("networking.istio.io/v1/VirtualService", vec![good, bad]), "");
+    let checked = CheckedItems::default();
+    let vs_response = response("networking.istio.io/v1/VirtualService", vec![good.clone(), bad.clone()]);
+    let r = read(Kind::VirtualService, &vs_response, "", &checked);
     assert!(r.ack, "istiod never NACKs: it drops the item and ACKs");
-    assert_eq!(r.items, [Item { name: "a/one".into(), version: "5".into() }]);
+    assert_eq!(r.kept, 1);
     assert_eq!(r.dropped, [ItemError::Name("a/x/two".into())]);
+    assert_eq!(checked.len(), 1, "only the good item is remembered");
+    // The next client (or response) with the same bytes: the good item is
+    // known, the bad one is decoded again and dropped again.
+    let again = read(Kind::VirtualService, &vs_response, "", &checked);
+    assert_eq!((again.kept, again.dropped.len(), checked.len()), (1, 1, 1));
+    // One byte different is a different item: decoded in full.
+    let mut edited = good;
+    *edited.value.last_mut().unwrap() ^= 1;
+    let r =
+        read(Kind::VirtualService, &response("networking.istio.io/v1/VirtualService", vec![edited, bad]), "", &checked);
+    assert_eq!((r.kept, checked.len()), (1, 2));
 }

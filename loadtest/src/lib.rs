@@ -206,6 +206,7 @@ pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), 
         bytes_received: Default::default(),
         istio: o.istio,
         revision: o.istio_revision.clone(),
+        checked: Default::default(),
     });
     let collector = {
         let tracker = tracker.clone();

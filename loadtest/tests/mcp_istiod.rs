@@ -130,6 +130,7 @@ fn start_istiods(target: &str, n: usize, istio: IstioVersion, revision: &str) ->
         bytes_received: AtomicU64::new(0),
         istio,
         revision: revision.into(),
+        checked: Default::default(),
     });
     let tracker = Arc::new(Mutex::new(Tracker::new(n, Instant::now())));
     let sink = tracker.clone();
@@ -156,6 +157,21 @@ impl Istiods {
     }
 }
 
+/// The ledger once `n` clients are in it and every type of each is ACKed
+/// at what was sent, or as it is at the deadline (the last ACKs may still be
+/// in flight when the clients report ready).
+async fn settled(ledger: &AckLedger, n: usize) -> Vec<keelson_hub::ProxyRecord> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let records = ledger.records();
+        let acked = records.iter().all(|r| r.types.values().all(|t| t.status() == SyncStatus::Synced));
+        if (records.len() == n && acked) || Instant::now() > end {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn ready_and_acked(istio: IstioVersion) {
     let (mut hand, rx) = Hand::new();
     hand.virtual_service("bookinfo", "reviews", "reviews");
@@ -166,17 +182,19 @@ async fn ready_and_acked(istio: IstioVersion) {
     let istiods = start_istiods(&target, 3, istio, "");
     istiods.wait("3 istiods ready", |t| t.synced_count == 3).await;
 
-    let t = istiods.tracker.lock().unwrap();
-    assert_eq!((t.errors, t.dropped_items, t.nacks), (0, 0, 0), "{:?} {:?}", t.last_error, t.last_dropped);
-    // Every Istio type ACKed once by each; the non-empty MeshConfig never is.
-    assert_eq!(t.acks, 3 * 14, "one ACK per Istio type per istiod");
-    assert_eq!(t.sync_times.len(), 3);
-    assert!(t.sync_times.iter().all(|d| *d > Duration::ZERO && *d < DEADLINE), "{:?}", t.sync_times);
-    drop(t);
+    {
+        let t = istiods.tracker.lock().unwrap();
+        assert_eq!((t.errors, t.dropped_items, t.nacks), (0, 0, 0), "{:?} {:?}", t.last_error, t.last_dropped);
+        // Every Istio type ACKed once by each; the non-empty MeshConfig never is.
+        assert_eq!(t.acks, 3 * 14, "one ACK per Istio type per istiod");
+        assert_eq!(t.sync_times.len(), 3);
+        assert!(t.sync_times.iter().all(|d| *d > Duration::ZERO && *d < DEADLINE), "{:?}", t.sync_times);
+    }
 
     // What the server saw: three MCP clients with istiod's node ids, each
-    // type requested under this version's GVK and ACKed at what was sent.
-    let records = ledger.records();
+    // type requested under this version's GVK and ACKed at what was sent
+    // (the last ACKs may still be in flight when the clients report ready).
+    let records = settled(&ledger, 3).await;
     assert_eq!(records.len(), 3);
     let wanted: BTreeSet<&str> = istio.requested().filter(|(_, k)| *k != Kind::MeshConfig).map(|(u, _)| u).collect();
     for r in &records {
@@ -237,11 +255,12 @@ async fn items_istiod_would_drop_are_counted_and_the_response_still_acked() {
     let (target, ledger) = serve(rx).await;
     let istiods = start_istiods(&target, 2, IstioVersion::V1_24, "");
     istiods.wait("2 istiods ready", |t| t.synced_count == 2).await;
-    let t = istiods.tracker.lock().unwrap();
-    assert_eq!(t.dropped_items, 2, "one bad item per istiod");
-    assert!(t.last_dropped.as_deref().is_some_and(|e| e.contains("a/b/bad")), "{:?}", t.last_dropped);
-    drop(t);
-    for r in ledger.records() {
+    {
+        let t = istiods.tracker.lock().unwrap();
+        assert_eq!(t.dropped_items, 2, "one bad item per istiod");
+        assert!(t.last_dropped.as_deref().is_some_and(|e| e.contains("a/b/bad")), "{:?}", t.last_dropped);
+    }
+    for r in settled(&ledger, 2).await {
         let vs = &r.types["networking.istio.io/v1/VirtualService"];
         assert_eq!(vs.status(), SyncStatus::Synced, "istiod never NACKs: {}", r.node);
     }

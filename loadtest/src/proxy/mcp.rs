@@ -56,7 +56,7 @@ impl Session<'_> {
         };
         t.answered = true;
         let kind = t.kind;
-        let reading = istio::read(kind, &r, &self.fleet.revision);
+        let reading = istio::read(kind, &r, &self.fleet.revision, &self.fleet.checked);
         if let Some(first) = reading.dropped.first() {
             self.fleet.emit(ProxyEvent::Dropped {
                 proxy: self.id,

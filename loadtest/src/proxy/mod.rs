@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use decode::decode;
 
-use crate::istio::IstioVersion;
+use crate::istio::{CheckedItems, IstioVersion};
 
 /// The types a simulated client subscribes to: the four Envoy ones, in
 /// Envoy's order, then MeshConfig and the Istio kinds an istiod requests.
@@ -181,6 +181,8 @@ pub struct Fleet {
     /// `ISTIO_REVISION`.
     pub istio: IstioVersion,
     pub revision: String,
+    /// Item encodings the istiods already decoded and found good.
+    pub checked: CheckedItems,
 }
 
 impl Fleet {
