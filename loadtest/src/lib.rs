@@ -1,5 +1,6 @@
-//! `keelson-loadtest`: thousands of simulated Envoys against an xDS server,
-//! measuring how fast config converges and what it costs the server.
+//! `keelson-loadtest`: thousands of simulated Envoys (or istiods, over MCP)
+//! against an xDS server, measuring how fast config converges and what it
+//! costs the server.
 //!
 //! A run: create the scenario's resources through the push API, connect the
 //! proxies at a bounded rate and wait for their initial sync, then make a
@@ -9,6 +10,7 @@
 
 pub mod api;
 pub mod hubcost;
+pub mod istio;
 pub mod measure;
 pub mod options;
 pub mod plot;
@@ -28,7 +30,7 @@ use crate::measure::{Target, Tracker};
 use crate::options::Options;
 use crate::proxy::{Fleet, NackPolicy};
 use crate::report::Report;
-use crate::scenario::{Scenario, Step};
+use crate::scenario::{Scenario, ScenarioKind, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
@@ -86,6 +88,36 @@ async fn apply(o: &Options, steps: &[Step]) -> Result<Vec<(proxy::Kind, u64)>, a
         }
     }
     Ok(seqs)
+}
+
+/// Applies a setup whose steps do not depend on each other (Istio objects
+/// reference hosts, not each other) with up to `width` API calls in
+/// flight: 21,000 objects one after the other would take most of a minute.
+async fn apply_concurrently(o: &Options, steps: Vec<Step>, width: usize) -> Result<(), api::ApiError> {
+    let pb = bar(o.quiet, steps.len() as u64, "setup   [{elapsed_precise}] {wide_bar} {pos}/{len} objects");
+    let admin: Arc<str> = o.admin.as_deref().unwrap_or_default().into();
+    let token: Arc<str> = o.token.as_deref().unwrap_or_default().into();
+    let mut running = tokio::task::JoinSet::new();
+    let mut steps = steps.into_iter();
+    loop {
+        while running.len() < width
+            && let Some(step) = steps.next()
+        {
+            let (admin, token) = (admin.clone(), token.clone());
+            running.spawn(async move {
+                match step {
+                    Step::Put(_, obj) => api::put(&admin, &token, &obj).await,
+                    Step::Delete(_, obj) => api::delete(&admin, &token, &obj).await,
+                }
+            });
+        }
+        let Some(done) = running.join_next().await else { break };
+        // A panicked call is a bug in this crate, not an API answer.
+        done.expect("API call task")?;
+        pb.inc(1);
+    }
+    pb.finish();
+    Ok(())
 }
 
 /// Polls until every proxy has synced or `sync_timeout` passes, with a progress bar.
@@ -149,9 +181,14 @@ pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), 
         (None, Some(admin)) => Probe::Metrics(admin.clone()),
         (None, None) => Probe::None,
     };
-    let scenario = Scenario { kind: o.scenario, services: o.services, endpoints: o.endpoints };
+    let scenario = Scenario { kind: o.scenario, services: o.services, endpoints: o.endpoints, istio: o.istio_objects };
     if o.trigger_url.is_none() {
-        apply(o, &scenario.setup()).await.map_err(LoadtestError::Setup)?;
+        let setup = scenario.setup();
+        let done = match o.scenario {
+            ScenarioKind::IstioChurn => apply_concurrently(o, setup, 16).await,
+            _ => apply(o, &setup).await.map(|_| ()),
+        };
+        done.map_err(LoadtestError::Setup)?;
     }
     let before = probe.sample().await;
 
@@ -167,6 +204,9 @@ pub async fn run(o: &Options) -> Result<(Report, hdrhistogram::Histogram<u64>), 
         events,
         stop,
         bytes_received: Default::default(),
+        istio: o.istio,
+        revision: o.istio_revision.clone(),
+        checked: Default::default(),
     });
     let collector = {
         let tracker = tracker.clone();

@@ -22,7 +22,7 @@ struct Pending {
     t0: Instant,
     /// Per proxy: reached yet? (and for `Differs`, the version hashes held at trigger)
     reached: Vec<bool>,
-    baseline: Vec<[u64; 4]>,
+    baseline: Vec<[u64; Kind::COUNT]>,
     latencies: Vec<Duration>,
 }
 
@@ -41,8 +41,8 @@ pub struct ChangeResult {
 
 pub struct Tracker {
     start: Instant,
-    acked: Vec<[u64; 4]>,
-    held: Vec<[u64; 4]>,
+    acked: Vec<[u64; Kind::COUNT]>,
+    held: Vec<[u64; Kind::COUNT]>,
     connected: Vec<bool>,
     connected_count: usize,
     synced: Vec<bool>,
@@ -56,6 +56,12 @@ pub struct Tracker {
     pub last_error: Option<String>,
     pub synced_count: usize,
     pub last_synced_at: Option<Instant>,
+    /// Each sync's time since its session began connecting (an istiod's
+    /// readiness), in arrival order.
+    pub sync_times: Vec<Duration>,
+    /// Items clients could not use, and the last reason.
+    pub dropped_items: u64,
+    pub last_dropped: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
@@ -70,8 +76,8 @@ impl Tracker {
     pub fn new(proxies: usize, start: Instant) -> Self {
         Tracker {
             start,
-            acked: vec![[0; 4]; proxies],
-            held: vec![[0; 4]; proxies],
+            acked: vec![[0; Kind::COUNT]; proxies],
+            held: vec![[0; Kind::COUNT]; proxies],
             connected: vec![false; proxies],
             connected_count: 0,
             synced: vec![false; proxies],
@@ -84,6 +90,9 @@ impl Tracker {
             last_error: None,
             synced_count: 0,
             last_synced_at: None,
+            sync_times: Vec::new(),
+            dropped_items: 0,
+            last_dropped: None,
         }
     }
 
@@ -144,11 +153,16 @@ impl Tracker {
                 self.finish_complete();
             }
             ProxyEvent::Nack { .. } => self.nacks += 1,
-            ProxyEvent::Synced { proxy, at } => {
+            ProxyEvent::Synced { proxy, at, took } => {
                 if !std::mem::replace(&mut self.synced[proxy as usize], true) {
                     self.synced_count += 1;
                     self.last_synced_at = Some(at);
+                    self.sync_times.push(took);
                 }
+            }
+            ProxyEvent::Dropped { count, error, .. } => {
+                self.dropped_items += count as u64;
+                self.last_dropped = Some(error);
             }
             ProxyEvent::Connected { proxy } => {
                 if !std::mem::replace(&mut self.connected[proxy as usize], true) {
@@ -185,6 +199,13 @@ impl Tracker {
         for p in done {
             self.close(p);
         }
+    }
+
+    /// p50, p90, p99 and max of the sync times, milliseconds.
+    pub fn sync_percentiles(&self) -> [f64; 4] {
+        let mut sorted = self.sync_times.clone();
+        sorted.sort_unstable();
+        [0.5, 0.9, 0.99, 1.0].map(|q| percentile(&sorted, q))
     }
 
     /// Closes every open change: proxies that have not reached it are missed.
@@ -238,6 +259,19 @@ mod tests {
         assert_eq!((r.reached, r.missed), (2, 1), "proxy 2 never connected");
         assert_eq!(r.max_ms, 20.0);
         assert_eq!(r.p50_ms, 5.0);
+    }
+
+    #[test]
+    fn sync_times_are_kept_once_per_sync_and_summarized() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(2, t0);
+        for (proxy, ms) in [(0, 7), (1, 30), (0, 99)] {
+            t.event(ProxyEvent::Synced { proxy, at: t0, took: Duration::from_millis(ms) });
+        }
+        assert_eq!(t.sync_times.len(), 2, "a proxy already synced does not count twice");
+        assert_eq!(t.sync_percentiles(), [7.0, 30.0, 30.0, 30.0]);
+        t.event(ProxyEvent::Dropped { proxy: 1, kind: Some(Kind::VirtualService), count: 3, error: "bad".into() });
+        assert_eq!((t.dropped_items, t.last_dropped.as_deref()), (3, Some("bad")));
     }
 
     #[test]

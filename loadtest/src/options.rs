@@ -6,8 +6,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::istio::IstioVersion;
 use crate::proxy::Mode;
-use crate::scenario::ScenarioKind;
+use crate::scenario::{IstioObjects, ScenarioKind};
 
 #[derive(Debug, Parser, Clone)]
 #[command(
@@ -33,7 +34,7 @@ pub struct Args {
     pub proxies: Option<usize>,
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// A scenario name (eds-churn, cds-churn, rds-change, full-change) or a .toml file.
+    /// A scenario name (eds-churn, cds-churn, rds-change, full-change, istio-churn) or a .toml file.
     #[arg(long)]
     pub scenario: String,
     /// How long to make changes for (the run always stops by itself).
@@ -75,6 +76,21 @@ pub struct Args {
     /// No progress bars (logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// `--mode mcp`: the Istio version the simulated istiods are (the type URLs they request).
+    #[arg(long, value_enum)]
+    pub istio_version: Option<IstioVersion>,
+    /// `--mode mcp`: the ISTIO_REVISION node metadata of every simulated istiod.
+    #[arg(long)]
+    pub istio_revision: Option<String>,
+    /// VirtualServices the istio-churn scenario creates.
+    #[arg(long)]
+    pub virtual_services: Option<usize>,
+    /// DestinationRules the istio-churn scenario creates.
+    #[arg(long)]
+    pub destination_rules: Option<usize>,
+    /// ServiceEntries the istio-churn scenario creates.
+    #[arg(long)]
+    pub service_entries: Option<usize>,
 }
 
 /// A scenario file: the same settings as the flags.
@@ -91,6 +107,11 @@ struct ScenarioFile {
     connect_rate: Option<u32>,
     nack_rate: Option<f64>,
     nack_pattern: Option<String>,
+    istio_version: Option<IstioVersion>,
+    istio_revision: Option<String>,
+    virtual_services: Option<usize>,
+    destination_rules: Option<usize>,
+    service_entries: Option<usize>,
 }
 
 /// Everything a run needs, resolved.
@@ -116,6 +137,9 @@ pub struct Options {
     pub plot: Option<PathBuf>,
     pub sync_timeout: Duration,
     pub quiet: bool,
+    pub istio: IstioVersion,
+    pub istio_revision: String,
+    pub istio_objects: IstioObjects,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +170,7 @@ impl Options {
         } else {
             let kind = <ScenarioKind as clap::ValueEnum>::from_str(&a.scenario, true).map_err(|_| {
                 OptionsError::Invalid(format!(
-                    "unknown scenario {:?}: expected eds-churn, cds-churn, rds-change, full-change or a .toml file",
+                    "unknown scenario {:?}: expected eds-churn, cds-churn, rds-change, full-change, istio-churn or a .toml file",
                     a.scenario
                 ))
             })?;
@@ -189,7 +213,31 @@ impl Options {
             plot: a.plot,
             sync_timeout: a.sync_timeout.unwrap_or(Duration::from_secs(300)),
             quiet: a.quiet,
+            istio: a.istio_version.or(file.istio_version).unwrap_or(IstioVersion::V1_24),
+            istio_revision: a.istio_revision.or(file.istio_revision).unwrap_or_default(),
+            // The defaults are the benchmark's (docs/benchmarks.md).
+            istio_objects: IstioObjects {
+                virtual_services: a.virtual_services.or(file.virtual_services).unwrap_or(10_000),
+                destination_rules: a.destination_rules.or(file.destination_rules).unwrap_or(10_000),
+                service_entries: a.service_entries.or(file.service_entries).unwrap_or(1_000),
+            },
         };
+        let mcp = o.mode == Mode::Mcp;
+        if mcp != (o.scenario == ScenarioKind::IstioChurn) {
+            return Err(OptionsError::Invalid(
+                "--mode mcp runs the istio-churn scenario, and istio-churn needs --mode mcp (simulated istiods)".into(),
+            ));
+        }
+        if mcp && (o.nack_rate > 0.0 || o.nack_pattern.is_some()) {
+            return Err(OptionsError::Invalid(
+                "--nack-rate and --nack-pattern do not apply to --mode mcp: istiod never NACKs".into(),
+            ));
+        }
+        if mcp && o.istio_objects.virtual_services == 0 {
+            return Err(OptionsError::Invalid(
+                "istio-churn edits VirtualServices: --virtual-services must be ≥ 1".into(),
+            ));
+        }
         if o.proxies == 0 || o.connect_rate == 0 || o.interval.is_zero() || !(0.0..=1.0).contains(&o.nack_rate) {
             return Err(OptionsError::Invalid(
                 "--proxies and --connect-rate must be ≥ 1, --interval > 0, --nack-rate within 0..1".into(),
@@ -249,5 +297,46 @@ mod tests {
         let mut a = args("eds-churn");
         a.trigger_url = None;
         assert!(Options::resolve(a).unwrap_err().to_string().contains("--admin"));
+    }
+
+    #[test]
+    fn mcp_mode_goes_with_istio_churn_and_defaults_to_the_benchmark() {
+        let mut a = args("istio-churn");
+        a.mode = Some(Mode::Mcp);
+        let o = Options::resolve(a.clone()).unwrap();
+        assert_eq!((o.istio, o.istio_revision.as_str()), (IstioVersion::V1_24, ""));
+        let n = o.istio_objects;
+        assert_eq!((n.virtual_services, n.destination_rules, n.service_entries), (10_000, 10_000, 1_000));
+        let mut nacking = a.clone();
+        nacking.nack_rate = Some(0.1);
+        assert!(Options::resolve(nacking).unwrap_err().to_string().contains("never NACKs"));
+        let mut sotw = a.clone();
+        sotw.mode = Some(Mode::Sotw);
+        assert!(Options::resolve(sotw).unwrap_err().to_string().contains("--mode mcp"));
+        let mut envoy_scenario = a;
+        envoy_scenario.scenario = "eds-churn".into();
+        assert!(Options::resolve(envoy_scenario).unwrap_err().to_string().contains("--mode mcp"));
+        let parsed = Args::parse_from([
+            "keelson-loadtest",
+            "--target",
+            "127.0.0.1:1",
+            "--trigger-url",
+            "http://127.0.0.1:1/x",
+            "--scenario",
+            "istio-churn",
+            "--mode",
+            "mcp",
+            "--istio-version",
+            "1.23",
+            "--istio-revision",
+            "canary",
+            "--virtual-services",
+            "5",
+        ]);
+        let o = Options::resolve(parsed).unwrap();
+        assert_eq!(
+            (o.istio, o.istio_revision.as_str(), o.istio_objects.virtual_services),
+            (IstioVersion::V1_23, "canary", 5)
+        );
     }
 }

@@ -17,6 +17,10 @@ pub enum ScenarioKind {
     RdsChange,
     /// Every resource of the scenario changes at once (CDS, EDS, LDS, RDS).
     FullChange,
+    /// For simulated istiods (`--mode mcp`): VirtualServices,
+    /// DestinationRules and ServiceEntries, and one VirtualService edited
+    /// per change.
+    IstioChurn,
 }
 
 impl ScenarioKind {
@@ -26,6 +30,7 @@ impl ScenarioKind {
             ScenarioKind::CdsChurn => "cds-churn",
             ScenarioKind::RdsChange => "rds-change",
             ScenarioKind::FullChange => "full-change",
+            ScenarioKind::IstioChurn => "istio-churn",
         }
     }
 
@@ -36,6 +41,7 @@ impl ScenarioKind {
             ScenarioKind::CdsChurn => &[Kind::Cds],
             ScenarioKind::RdsChange => &[Kind::Rds],
             ScenarioKind::FullChange => &[Kind::Cds, Kind::Eds, Kind::Lds, Kind::Rds],
+            ScenarioKind::IstioChurn => &[Kind::VirtualService],
         }
     }
 }
@@ -54,6 +60,56 @@ pub struct Scenario {
     pub services: usize,
     /// Endpoints per service.
     pub endpoints: usize,
+    /// Istio objects the istio-churn setup creates.
+    pub istio: IstioObjects,
+}
+
+/// How many Istio objects of each kind (`istio-churn`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IstioObjects {
+    pub virtual_services: usize,
+    pub destination_rules: usize,
+    pub service_entries: usize,
+}
+
+/// The namespace every Istio object of a scenario lives in.
+pub const ISTIO_NAMESPACE: &str = "lt";
+
+fn istio(kind: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": ISTIO_NAMESPACE}, "spec": spec})
+}
+
+fn service_host(i: usize) -> String {
+    format!("lt-svc-{i}.{ISTIO_NAMESPACE}.svc.cluster.local")
+}
+
+/// VirtualService `lt-vs-<i>`: one HTTP route to its host. `generation`
+/// names the route, so every edit is a real change.
+pub fn virtual_service(i: usize, generation: u64) -> Value {
+    let host = service_host(i);
+    istio(
+        "VirtualService",
+        &format!("lt-vs-{i}"),
+        json!({"hosts": [host], "http": [{"name": format!("g{generation}"), "route": [{"destination": {"host": host}}]}]}),
+    )
+}
+
+fn destination_rule(i: usize) -> Value {
+    istio(
+        "DestinationRule",
+        &format!("lt-dr-{i}"),
+        json!({"host": service_host(i), "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}}),
+    )
+}
+
+fn service_entry(i: usize) -> Value {
+    istio(
+        "ServiceEntry",
+        &format!("lt-se-{i}"),
+        json!({"hosts": [format!("lt-ext-{i}.example.com")], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "resolution": "DNS", "location": "MESH_EXTERNAL"}),
+    )
 }
 
 fn envoy(kind: &str, name: &str, spec: Value) -> Value {
@@ -112,6 +168,13 @@ impl Scenario {
     /// What the run creates before proxies connect.
     pub fn setup(&self) -> Vec<Step> {
         let mut steps = Vec::new();
+        if self.kind == ScenarioKind::IstioChurn {
+            let n = self.istio;
+            steps.extend((0..n.service_entries).map(|i| Step::Put(Kind::ServiceEntry, service_entry(i))));
+            steps.extend((0..n.destination_rules).map(|i| Step::Put(Kind::DestinationRule, destination_rule(i))));
+            steps.extend((0..n.virtual_services).map(|i| Step::Put(Kind::VirtualService, virtual_service(i, 0))));
+            return steps;
+        }
         for s in 0..self.services.max(1) {
             let name = format!("lt-svc-{s}");
             // Endpoints before their cluster, so no cluster waits for them.
@@ -154,6 +217,49 @@ impl Scenario {
                 steps.push(Step::Put(Kind::Lds, listener(n)));
                 steps
             }
+            ScenarioKind::IstioChurn => {
+                let i = n as usize % self.istio.virtual_services.max(1);
+                vec![Step::Put(Kind::VirtualService, virtual_service(i, n))]
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn istio_churn(vs: usize, dr: usize, se: usize) -> Scenario {
+        let istio = IstioObjects { virtual_services: vs, destination_rules: dr, service_entries: se };
+        Scenario { kind: ScenarioKind::IstioChurn, services: 1, endpoints: 1, istio }
+    }
+
+    #[test]
+    fn istio_churn_sets_up_every_object_and_edits_one_virtual_service_per_change() {
+        let s = istio_churn(3, 2, 1);
+        let setup = s.setup();
+        let count = |k: Kind| setup.iter().filter(|st| matches!(st, Step::Put(kind, _) if *kind == k)).count();
+        assert_eq!(
+            (count(Kind::VirtualService), count(Kind::DestinationRule), count(Kind::ServiceEntry), setup.len()),
+            (3, 2, 1, 6)
+        );
+        for step in &setup {
+            let Step::Put(_, obj) = step else { panic!("setup only puts") };
+            assert_eq!(obj["apiVersion"], "networking.istio.io/v1");
+            assert_eq!(obj["metadata"]["namespace"], ISTIO_NAMESPACE);
+            assert!(obj["metadata"]["name"].as_str().unwrap().starts_with("lt-"));
+        }
+        let Step::Put(_, se) = &setup[0] else { unreachable!() };
+        assert_eq!(se["spec"]["resolution"], "DNS");
+        assert_eq!(se["spec"]["ports"][0]["protocol"], "HTTP");
+        // Change n edits lt-vs-<n % 3>; each edit of one object differs from its last.
+        let edit = |n: u64| match s.change(n).as_slice() {
+            [Step::Put(Kind::VirtualService, obj)] => obj.clone(),
+            other => panic!("change {n}: {other:?}"),
+        };
+        assert_eq!(edit(4)["metadata"]["name"], "lt-vs-1");
+        assert_ne!(edit(4)["spec"], edit(1)["spec"], "a real change every time");
+        assert_ne!(edit(4)["spec"], virtual_service(1, 0)["spec"]);
+        assert_eq!(edit(4)["spec"]["hosts"], json!(["lt-svc-1.lt.svc.cluster.local"]));
     }
 }

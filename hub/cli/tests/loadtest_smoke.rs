@@ -34,6 +34,11 @@ fn args(serve: &Serve, token: std::path::PathBuf, mode: Mode, scenario: &str) ->
         plot: None,
         sync_timeout: Some(Duration::from_secs(60)),
         quiet: true,
+        istio_version: None,
+        istio_revision: None,
+        virtual_services: None,
+        destination_rules: None,
+        service_entries: None,
     }
 }
 

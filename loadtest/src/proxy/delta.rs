@@ -99,10 +99,11 @@ impl Session<'_> {
 }
 
 pub async fn session(fleet: &Fleet, id: u32) -> Result<(), SessionError> {
+    let started = Instant::now();
     let channel = connect(fleet).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, sync: SyncWatch::new() };
+    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, sync: SyncWatch::new(started) };
     // Wildcard CDS and LDS: Envoy's legacy form, empty subscribe lists.
     s.send(Kind::Cds, vec![], vec![], String::new(), None);
     s.send(Kind::Lds, vec![], vec![], String::new(), None);

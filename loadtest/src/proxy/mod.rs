@@ -5,6 +5,7 @@
 
 mod decode;
 mod delta;
+mod mcp;
 mod sotw;
 
 use std::sync::Arc;
@@ -16,29 +17,75 @@ use tokio::sync::{mpsc, watch};
 
 pub use decode::decode;
 
-/// The xDS types a simulated Envoy subscribes to, in Envoy's order.
+use crate::istio::{CheckedItems, IstioVersion};
+
+/// The types a simulated client subscribes to: the four Envoy ones, in
+/// Envoy's order, then MeshConfig and the Istio kinds an istiod requests.
+/// Istio kinds have one type URL per Istio version (`istio::IstioVersion`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Kind {
     Cds = 0,
     Eds = 1,
     Lds = 2,
     Rds = 3,
+    MeshConfig = 4,
+    VirtualService = 5,
+    DestinationRule = 6,
+    Gateway = 7,
+    ServiceEntry = 8,
+    Sidecar = 9,
+    WorkloadEntry = 10,
+    WorkloadGroup = 11,
+    EnvoyFilter = 12,
+    ProxyConfig = 13,
+    AuthorizationPolicy = 14,
+    PeerAuthentication = 15,
+    RequestAuthentication = 16,
+    Telemetry = 17,
+    WasmPlugin = 18,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cds, Kind::Eds, Kind::Lds, Kind::Rds];
+    /// How many kinds there are (per-proxy tables hold one slot each).
+    pub const COUNT: usize = 19;
+    /// What a simulated Envoy subscribes to.
+    pub const ENVOY: [Kind; 4] = [Kind::Cds, Kind::Eds, Kind::Lds, Kind::Rds];
+    const SHORT: [&'static str; Kind::COUNT] = [
+        "CDS",
+        "EDS",
+        "LDS",
+        "RDS",
+        "MeshConfig",
+        "VirtualService",
+        "DestinationRule",
+        "Gateway",
+        "ServiceEntry",
+        "Sidecar",
+        "WorkloadEntry",
+        "WorkloadGroup",
+        "EnvoyFilter",
+        "ProxyConfig",
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+        "RequestAuthentication",
+        "Telemetry",
+        "WasmPlugin",
+    ];
 
+    /// The type URL of an Envoy kind (MCP kinds: `IstioVersion::type_url`).
     pub fn type_url(self) -> &'static str {
         match self {
             Kind::Cds => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             Kind::Eds => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Lds => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Rds => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            _ => "",
         }
     }
 
+    /// The Envoy kind of a type URL.
     pub fn of(type_url: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.type_url() == type_url)
+        Kind::ENVOY.into_iter().find(|k| k.type_url() == type_url)
     }
 
     /// The type that names this one's resources (EDS from CDS, RDS from LDS).
@@ -51,7 +98,7 @@ impl Kind {
     }
 
     pub fn short(self) -> &'static str {
-        ["CDS", "EDS", "LDS", "RDS"][self as usize]
+        Kind::SHORT[self as usize]
     }
 }
 
@@ -60,6 +107,8 @@ impl Kind {
 pub enum Mode {
     Sotw,
     Delta,
+    /// Simulated istiods: MCP over xDS on a SotW stream (`--istio-version`).
+    Mcp,
 }
 
 /// What a proxy reports to the measurement.
@@ -78,10 +127,21 @@ pub enum ProxyEvent {
         proxy: u32,
         kind: Kind,
     },
-    /// Every subscribed type was ACKed at least once on this connection.
+    /// Every subscribed type was ACKed at least once on this connection
+    /// (for an istiod: every requested type answered, its readiness).
+    /// `took`: since the session began connecting.
     Synced {
         proxy: u32,
         at: Instant,
+        took: Duration,
+    },
+    /// Items of one response the client could not use (what istiod drops
+    /// and logs): `count` of them, the first one's reason.
+    Dropped {
+        proxy: u32,
+        kind: Option<Kind>,
+        count: usize,
+        error: String,
     },
     Connected {
         proxy: u32,
@@ -117,6 +177,12 @@ pub struct Fleet {
     pub events: mpsc::UnboundedSender<ProxyEvent>,
     pub stop: watch::Receiver<bool>,
     pub bytes_received: AtomicU64,
+    /// `--mode mcp`: the Istio version the simulated istiods are, and their
+    /// `ISTIO_REVISION`.
+    pub istio: IstioVersion,
+    pub revision: String,
+    /// Item encodings the istiods already decoded and found good.
+    pub checked: CheckedItems,
 }
 
 impl Fleet {
@@ -162,6 +228,7 @@ pub async fn run(fleet: Arc<Fleet>, id: u32) {
         let result = match fleet.mode {
             Mode::Sotw => sotw::session(&fleet, id).await,
             Mode::Delta => delta::session(&fleet, id).await,
+            Mode::Mcp => mcp::session(&fleet, id).await,
         };
         match result {
             Ok(()) => return, // stopped
@@ -195,11 +262,13 @@ pub enum SessionError {
 struct SyncWatch {
     acked: [bool; 4],
     reported: bool,
+    started: Instant,
 }
 
 impl SyncWatch {
-    fn new() -> Self {
-        SyncWatch { acked: [false; 4], reported: false }
+    /// `started`: when the session began connecting.
+    fn new(started: Instant) -> Self {
+        SyncWatch { acked: [false; 4], reported: false, started }
     }
 
     /// Records an ACK of `kind`; emits `Synced` the first time all are in.
@@ -207,9 +276,10 @@ impl SyncWatch {
     fn acked(&mut self, kind: Kind, fleet: &Fleet, id: u32, child_empty: impl Fn(Kind) -> bool) {
         self.acked[kind as usize] = true;
         let done = |k: Kind| self.acked[k as usize] || (k.child().is_none() && child_empty(k));
-        if !self.reported && Kind::ALL.into_iter().all(done) {
+        if !self.reported && Kind::ENVOY.into_iter().all(done) {
             self.reported = true;
-            fleet.emit(ProxyEvent::Synced { proxy: id, at: Instant::now() });
+            let at = Instant::now();
+            fleet.emit(ProxyEvent::Synced { proxy: id, at, took: at - self.started });
         }
     }
 }

@@ -89,10 +89,11 @@ impl Session<'_> {
 }
 
 pub async fn session(fleet: &Fleet, id: u32) -> Result<(), SessionError> {
+    let started = Instant::now();
     let channel = connect(fleet).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, sync: SyncWatch::new() };
+    let mut s = Session { fleet, id, tx, types: Default::default(), first: true, sync: SyncWatch::new(started) };
     s.request(Kind::Cds, None);
     s.request(Kind::Lds, None);
     let stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
