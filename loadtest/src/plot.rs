@@ -40,9 +40,11 @@ fn register_font() -> Result<(), String> {
 /// Writes the plot to `path`: `.svg` or `.png`.
 pub fn write(path: &Path, report: &Report, all: &Histogram<u64>) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
+    // Both backends lay text out with the registered font (plotters'
+    // ab_glyph text backend), SVG included.
+    register_font().map_err(|e| err(&e))?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("png") => {
-            register_font().map_err(|e| err(&e))?;
             draw(BitMapBackend::new(path, (1000, 800)).into_drawing_area(), report, all).map_err(|e| err(&e))
         }
         _ => draw(SVGBackend::new(path, (1000, 800)).into_drawing_area(), report, all).map_err(|e| err(&e)),
