@@ -102,7 +102,7 @@ fn stdout(out: &std::process::Output) -> String {
 struct Istiod {
     proc: Proc,
     node: String,
-    set: &'static [&'static str],
+    set: Vec<&'static str>,
 }
 
 /// The last response per type_url.
@@ -113,6 +113,9 @@ impl Istiod {
         let script = clients_dir().join("mcp_istiod.py");
         let protos = workspace_root().join("proto/proto");
         let gen_dir = hub.dir.path().join("gen");
+        let istio_version = if version == "1.23" { IstioVersion::V1_23 } else { IstioVersion::V1_24 };
+        let set = istio_types(istio_version);
+        let types = set.join(",");
         let mut args = vec![
             script.to_str().unwrap(),
             "--server",
@@ -121,8 +124,8 @@ impl Istiod {
             protos.to_str().unwrap(),
             "--gen-dir",
             gen_dir.to_str().unwrap(),
-            "--istio-version",
-            version,
+            "--types",
+            &types,
             "--pod",
             pod,
             "--timeout",
@@ -130,7 +133,6 @@ impl Istiod {
         ];
         args.extend_from_slice(extra);
         let proc = Proc::start(pod, PROC_SECS, &grpc_python(), &args, &[]);
-        let set = if version == "1.23" { ISTIO_1_23 } else { ISTIO_1_24 };
         Istiod { proc, node: format!("sidecar~127.0.0.1~{pod}.istio-system~istio-system.svc.cluster.local"), set }
     }
 
@@ -250,7 +252,7 @@ fn mcp_sync_mismatch(z: &Value, node: &str, set: &[&str], state: &State) -> Opti
 fn wait_mcp_synced(hub: &Hub, c: &Istiod, state: &State) -> Value {
     poll(&format!("syncz: {} SYNCED on every type", c.node), WAIT, &|| c.diag(hub), |last| {
         let z = syncz(&hub.serve);
-        match mcp_sync_mismatch(&z, &c.node, c.set, state) {
+        match mcp_sync_mismatch(&z, &c.node, &c.set, state) {
             None => Some(z),
             Some(why) => {
                 *last = why;
@@ -277,7 +279,7 @@ fn both_istio_version_sets_are_answered_decoded_and_synced() {
         let state = c.synced(&hub);
         check_items(&state, all_names);
         // Bodies as the generated classes parsed them (proto3 JSON).
-        let vs = items(&state[find_type(c.set, "VirtualService")]);
+        let vs = items(&state[find_type(&c.set, "VirtualService")]);
         let weights: Vec<&Value> = vs["bookinfo/reviews"]["body"]["http"][1]["route"]
             .as_array()
             .unwrap()
@@ -285,21 +287,21 @@ fn both_istio_version_sets_are_answered_decoded_and_synced() {
             .map(|r| &r["weight"])
             .collect();
         assert_eq!(weights, [&json!(50), &json!(50)], "{}", vs["bookinfo/reviews"]);
-        let dr = &items(&state[find_type(c.set, "DestinationRule")])["bookinfo/reviews"]["body"];
+        let dr = &items(&state[find_type(&c.set, "DestinationRule")])["bookinfo/reviews"]["body"];
         let subsets: Vec<&Value> = dr["subsets"].as_array().unwrap().iter().map(|s| &s["name"]).collect();
         assert_eq!(subsets, [&json!("v1"), &json!("v2"), &json!("v3")]);
         assert_eq!(dr["trafficPolicy"]["loadBalancer"]["simple"], "RANDOM");
-        let gw = &items(&state[find_type(c.set, "Gateway")])["bookinfo/bookinfo-gateway"]["body"];
+        let gw = &items(&state[find_type(&c.set, "Gateway")])["bookinfo/bookinfo-gateway"]["body"];
         assert_eq!(gw["servers"][1]["tls"], json!({"mode": "SIMPLE", "credentialName": "bookinfo-secret"}));
-        let se = &items(&state[find_type(c.set, "ServiceEntry")])["bookinfo/external-svc-https"]["body"];
+        let se = &items(&state[find_type(&c.set, "ServiceEntry")])["bookinfo/external-svc-https"]["body"];
         // MESH_EXTERNAL is the enum's zero: absent in proto3 JSON.
         assert_eq!((&se["location"], &se["resolution"]), (&Value::Null, &json!("DNS")), "{se}");
         assert_eq!(se["ports"], json!([{"number": 443, "name": "https", "protocol": "TLS"}]));
-        let ap = &items(&state[find_type(c.set, "AuthorizationPolicy")])["foo/httpbin"]["body"];
+        let ap = &items(&state[find_type(&c.set, "AuthorizationPolicy")])["foo/httpbin"]["body"];
         assert_eq!(ap["rules"][0]["when"][0]["key"], "request.auth.claims[iss]");
-        let pa = &items(&state[find_type(c.set, "PeerAuthentication")])["istio-system/default"]["body"];
+        let pa = &items(&state[find_type(&c.set, "PeerAuthentication")])["istio-system/default"]["body"];
         assert_eq!(pa["mtls"]["mode"], "STRICT");
-        let tel = &items(&state[find_type(c.set, "Telemetry")])["istio-system/mesh-default"]["body"];
+        let tel = &items(&state[find_type(&c.set, "Telemetry")])["istio-system/mesh-default"]["body"];
         assert_eq!(tel["tracing"][0]["randomSamplingPercentage"], 10.0);
         // Labels travel in the metadata (istiod's revision rule reads them).
         assert_eq!(vs["bookinfo/ratings-canary"]["labels"], json!({"istio.io/rev": "canary"}));
@@ -327,7 +329,7 @@ fn an_edit_changes_only_that_version_a_delete_removes_and_a_reconnect_gets_full_
     let c = Istiod::start(&hub, "istiod-0", "1.24", &[]);
     let before = c.synced(&hub);
     wait_mcp_synced(&hub, &c, &before);
-    let vs_type = find_type(ISTIO_1_24, "VirtualService");
+    let vs_type = find_type(&istio_types(IstioVersion::V1_24), "VirtualService");
     let key = (vs_type.to_string(), "bookinfo/reviews".to_string());
     let v0 = versions(&before);
 
@@ -359,7 +361,7 @@ fn an_edit_changes_only_that_version_a_delete_removes_and_a_reconnect_gets_full_
 
     // Delete a file: its object is gone from the next Gateway response.
     let mark = rs.len();
-    let gw_type = find_type(ISTIO_1_24, "Gateway");
+    let gw_type = find_type(&istio_types(IstioVersion::V1_24), "Gateway");
     std::fs::remove_file(hub.file("gateway.yaml")).unwrap();
     let n = c.wait(&hub, "a Gateway response without the deleted object", |rs| {
         rs.iter().enumerate().skip(mark).find_map(|(i, r)| (r["type_url"] == gw_type).then_some(i + 1))
@@ -406,7 +408,7 @@ fn istio_revision_selects_the_objects_labelled_for_it() {
 #[test]
 fn a_nack_is_recorded_shown_and_that_version_not_resent() {
     let hub = Hub::start();
-    let dr_type = find_type(ISTIO_1_24, "DestinationRule");
+    let dr_type = find_type(&istio_types(IstioVersion::V1_24), "DestinationRule");
     const ERROR: &str = "test NACK: subset v3 refused";
     let c = Istiod::start(&hub, "istiod-3", "1.24", &["--nack-type", dr_type, "--nack-message", ERROR]);
     let state = c.synced(&hub);
@@ -419,7 +421,8 @@ fn a_nack_is_recorded_shown_and_that_version_not_resent() {
         let types = proxy(z, &c.node)?["types"].as_array()?.clone();
         let dr = types.iter().find(|t| t["type_url"] == dr_type)?.clone();
         let others_synced = types.iter().filter(|t| t["type_url"] != dr_type).all(|t| t["status"] == "SYNCED");
-        (types.len() == ISTIO_1_24.len() && dr["status"] == "NACKED" && others_synced).then_some(dr)
+        (types.len() == istio_types(IstioVersion::V1_24).len() && dr["status"] == "NACKED" && others_synced)
+            .then_some(dr)
     };
     let dr = poll("syncz: DestinationRule NACKED, the rest SYNCED", WAIT, &|| c.diag(&hub), |last| {
         let z = syncz(&hub.serve);
@@ -446,7 +449,7 @@ fn a_nack_is_recorded_shown_and_that_version_not_resent() {
 
     // Another type changes: it is pushed, the NACKed DestinationRule is not.
     let mark = c.responses().len();
-    let gw_type = find_type(ISTIO_1_24, "Gateway");
+    let gw_type = find_type(&istio_types(IstioVersion::V1_24), "Gateway");
     hub.edit("gateway.yaml", "credentialName: bookinfo-secret", "credentialName: bookinfo-secret-2");
     c.wait(&hub, "the Gateway edit", |rs| rs.iter().skip(mark).any(|r| r["type_url"] == gw_type).then_some(()));
     // Then the DestinationRule itself changes: the next DestinationRule

@@ -56,43 +56,6 @@ MESH_CONFIG = "core/v1alpha1/MeshConfig"
 RESOURCE_ANY = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
 MESH_CONFIG_ANY = "type.googleapis.com/istio.mesh.v1alpha1.MeshConfig"
 
-# What istiod requests after MeshConfig (collections.Pilot at each release;
-# the switch to the v1 GVKs came with 1.24).
-ISTIO_TYPES = {
-    "1.24": [
-        "security.istio.io/v1/AuthorizationPolicy",
-        "networking.istio.io/v1/DestinationRule",
-        "networking.istio.io/v1alpha3/EnvoyFilter",
-        "networking.istio.io/v1/Gateway",
-        "security.istio.io/v1/PeerAuthentication",
-        "networking.istio.io/v1beta1/ProxyConfig",
-        "security.istio.io/v1/RequestAuthentication",
-        "networking.istio.io/v1/ServiceEntry",
-        "networking.istio.io/v1/Sidecar",
-        "telemetry.istio.io/v1/Telemetry",
-        "networking.istio.io/v1/VirtualService",
-        "extensions.istio.io/v1alpha1/WasmPlugin",
-        "networking.istio.io/v1/WorkloadEntry",
-        "networking.istio.io/v1/WorkloadGroup",
-    ],
-    "1.23": [
-        "security.istio.io/v1beta1/AuthorizationPolicy",
-        "networking.istio.io/v1alpha3/DestinationRule",
-        "networking.istio.io/v1alpha3/EnvoyFilter",
-        "networking.istio.io/v1alpha3/Gateway",
-        "security.istio.io/v1beta1/PeerAuthentication",
-        "networking.istio.io/v1beta1/ProxyConfig",
-        "security.istio.io/v1beta1/RequestAuthentication",
-        "networking.istio.io/v1alpha3/ServiceEntry",
-        "networking.istio.io/v1alpha3/Sidecar",
-        "telemetry.istio.io/v1alpha1/Telemetry",
-        "networking.istio.io/v1alpha3/VirtualService",
-        "extensions.istio.io/v1alpha1/WasmPlugin",
-        "networking.istio.io/v1alpha3/WorkloadEntry",
-        "networking.istio.io/v1alpha3/WorkloadGroup",
-    ],
-}
-
 # The body message of each kind: always its proto package, whatever version
 # the GVK names (Go's networking/v1 types alias v1alpha3's).
 BODY_MESSAGE = {
@@ -126,9 +89,16 @@ def generate(proto_dir, gen_dir):
     top-level message classes by full name."""
     from grpc_tools import protoc
 
+    # The legacy Galley services (mcp.proto) are not part of MCP over xDS,
+    # and they import google/rpc/status.proto, which grpc_tools lacks.
+    legacy = "istio/mcp/v1alpha1/mcp.proto"
     files = sorted(
-        os.path.relpath(p, proto_dir).replace(os.sep, "/")
-        for p in glob.glob(os.path.join(proto_dir, "istio", "**", "*.proto"), recursive=True)
+        rel
+        for rel in (
+            os.path.relpath(p, proto_dir).replace(os.sep, "/")
+            for p in glob.glob(os.path.join(proto_dir, "istio", "**", "*.proto"), recursive=True)
+        )
+        if rel != legacy
     )
     if not files:
         raise SystemExit(f"no .proto files under {proto_dir}/istio")
@@ -205,7 +175,12 @@ def main():
     ap.add_argument("--server", required=True, help="HOST:PORT of the ADS server")
     ap.add_argument("--proto-dir", required=True, help="the project's proto root (proto/proto)")
     ap.add_argument("--gen-dir", required=True, help="where to put the generated Python")
-    ap.add_argument("--istio-version", choices=sorted(ISTIO_TYPES), default="1.24")
+    ap.add_argument(
+        "--types",
+        required=True,
+        help="comma-separated Istio type URLs to request after MeshConfig, in istiod's order "
+        "(the Rust test passes keelson-loadtest's list for the Istio version it plays)",
+    )
     ap.add_argument("--revision", default="", help="ISTIO_REVISION node metadata")
     ap.add_argument("--pod", default="istiod-0", help="pod name in the node id")
     ap.add_argument("--nack-type", help="NACK the first response of this type_url")
@@ -222,7 +197,7 @@ def main():
     classes = generate(args.proto_dir, args.gen_dir)
     resource_cls = classes["istio.mcp.v1alpha1.Resource"]
     mesh_cls = classes["istio.mesh.v1alpha1.MeshConfig"]
-    istio_types = ISTIO_TYPES[args.istio_version]
+    istio_types = [t for t in args.types.split(",") if t]
     requested = [MESH_CONFIG] + istio_types
     if args.nack_type and args.nack_type not in requested:
         raise SystemExit(f"--nack-type {args.nack_type} is not among the requested types")

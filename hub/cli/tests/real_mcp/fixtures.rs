@@ -4,43 +4,15 @@
 
 use std::collections::BTreeSet;
 
+pub use keelson_loadtest::istio::IstioVersion;
+
 pub const MESH: &str = "core/v1alpha1/MeshConfig";
 
-/// What istiod 1.24+ requests after MeshConfig (PROTOCOL.md §4).
-pub const ISTIO_1_24: &[&str] = &[
-    "security.istio.io/v1/AuthorizationPolicy",
-    "networking.istio.io/v1/DestinationRule",
-    "networking.istio.io/v1alpha3/EnvoyFilter",
-    "networking.istio.io/v1/Gateway",
-    "security.istio.io/v1/PeerAuthentication",
-    "networking.istio.io/v1beta1/ProxyConfig",
-    "security.istio.io/v1/RequestAuthentication",
-    "networking.istio.io/v1/ServiceEntry",
-    "networking.istio.io/v1/Sidecar",
-    "telemetry.istio.io/v1/Telemetry",
-    "networking.istio.io/v1/VirtualService",
-    "extensions.istio.io/v1alpha1/WasmPlugin",
-    "networking.istio.io/v1/WorkloadEntry",
-    "networking.istio.io/v1/WorkloadGroup",
-];
-
-/// The same for istiod ≤ 1.23.
-pub const ISTIO_1_23: &[&str] = &[
-    "security.istio.io/v1beta1/AuthorizationPolicy",
-    "networking.istio.io/v1alpha3/DestinationRule",
-    "networking.istio.io/v1alpha3/EnvoyFilter",
-    "networking.istio.io/v1alpha3/Gateway",
-    "security.istio.io/v1beta1/PeerAuthentication",
-    "networking.istio.io/v1beta1/ProxyConfig",
-    "security.istio.io/v1beta1/RequestAuthentication",
-    "networking.istio.io/v1alpha3/ServiceEntry",
-    "networking.istio.io/v1alpha3/Sidecar",
-    "telemetry.istio.io/v1alpha1/Telemetry",
-    "networking.istio.io/v1alpha3/VirtualService",
-    "extensions.istio.io/v1alpha1/WasmPlugin",
-    "networking.istio.io/v1alpha3/WorkloadEntry",
-    "networking.istio.io/v1alpha3/WorkloadGroup",
-];
+/// What an istiod of `version` requests after MeshConfig: the simulated
+/// istiod's list (keelson-loadtest), one source for both clients.
+pub fn istio_types(version: IstioVersion) -> Vec<&'static str> {
+    version.requested().skip(1).map(|(url, _)| url).collect()
+}
 
 /// The body message every kind must arrive as, whatever the GVK's version.
 pub fn body_message(kind: &str) -> &'static str {
