@@ -306,10 +306,16 @@ async fn pump<R>(
 
 async fn connect(fleet: &Fleet) -> Result<tonic::transport::Channel, SessionError> {
     // One Endpoint per proxy: each simulated Envoy has its own connection.
+    // Flow-control windows grow with the measured bandwidth-delay product,
+    // as grpc-go's BDP estimation does for istiod (and Envoy's large default
+    // windows do for Envoy): a fixed 2 MiB stream window would make every
+    // multi-megabyte SotW response wait on WINDOW_UPDATE round trips that no
+    // real client waits on.
     let ch = tonic::transport::Endpoint::from_shared(fleet.target.clone())
         .map_err(SessionError::Connect)?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        .http2_adaptive_window(true)
         .connect()
         .await?;
     Ok(ch)
