@@ -316,3 +316,36 @@ async fn a_hundred_istiods_share_one_encoding_per_type() {
     }
     assert_eq!(stats.bodies.load(Ordering::Relaxed) - bodies0, 1, "one VirtualService body for 100 istiods");
 }
+
+/// Delta works for the Istio types too, for a client that asks (istiod
+/// itself uses SotW): the same MCP items, named `ns/name`, and a removal by
+/// that name.
+#[tokio::test]
+async fn a_delta_client_gets_the_same_items_and_removals_by_ns_name() {
+    let (mut cfg, rx) = Config::new();
+    cfg.upsert(virtual_service("a", "one", "one")).upsert(virtual_service("b", "two", "two"));
+    cfg.publish();
+    let (server, _ledger, _nacks) = server(rx, XdsConfig::default());
+    const VS: &str = "networking.istio.io/v1/VirtualService";
+    let mut d = Delta::open(&server);
+    d.subscribe(VS, &["*"], "");
+    let r = d.recv().await;
+    let mut names: Vec<&str> = r.resources.iter().map(|res| res.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a/one", "b/two"]);
+    let any = r.resources[0].resource.as_ref().unwrap();
+    assert_eq!(any.type_url, "type.googleapis.com/istio.mcp.v1alpha1.Resource");
+    let meta = Resource::decode(any.value.as_slice()).unwrap().metadata.unwrap();
+    assert_eq!(meta.name, r.resources[0].name);
+    assert_eq!(meta.version, r.resources[0].version);
+    d.send(keelson_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+        type_url: VS.into(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    });
+    cfg.delete_key(keelson_hub::ResourceKey::new("networking.istio.io", "VirtualService", "a", "one"));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!(r.removed_resources, ["a/one"]);
+    assert!(r.resources.is_empty());
+}
