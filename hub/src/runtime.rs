@@ -461,9 +461,7 @@ impl Ingest {
                 .map_err(|e| HubError::Task(e.to_string()))??
         };
         self.shared.metrics.events_appended.inc_by(range.len());
-        // The log's own time for these records: a replay applies them with
-        // it, and must build the same entries (creation times included).
-        let at = range.at;
+        let at = range.at; // the log's time: a replay must build the same entries
         let mut touched = Vec::new();
         for (i, op) in out.into_iter().enumerate() {
             let upserted = match &op {
