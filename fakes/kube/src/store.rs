@@ -1,0 +1,296 @@
+//! The object store: every object of every kind under one global resourceVersion
+//! counter (etcd's revision is cluster-wide, so RVs of different kinds interleave),
+//! plus the event history watches replay from and the faults tests inject.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::kinds::ResourceKind;
+
+/// `(namespace, name)`; the namespace is `""` for cluster-scoped kinds.
+pub type ObjectKey = (String, String);
+/// `(group, resource)`: one object set however many versions serve it.
+pub type KindKey = (String, String);
+
+/// One change, as the watch cache keeps it (`watch_cache.go` `watchCacheEvent`): the
+/// object after the change (for a deletion, its last state stamped with the deletion RV)
+/// and the object before it, so a selector can turn leaving objects into DELETED.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub rv: u64,
+    pub kind: KindKey,
+    pub key: ObjectKey,
+    pub object: Value,
+    pub previous: Option<Value>,
+    pub deleted: bool,
+}
+
+/// A fault injected on one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindFault {
+    /// Every request for the kind gets the RBAC 403 Status.
+    Forbidden,
+    /// The kind is gone from discovery and its paths 404, as when a CRD is not installed.
+    Absent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("no served kind {kind} in {api_version}")]
+    UnknownKind { api_version: String, kind: String },
+}
+
+pub(crate) struct Inner {
+    pub kinds: Vec<ResourceKind>,
+    pub rv: u64,
+    /// History holds exactly the events with RV in (compacted_rv, rv].
+    pub compacted_rv: u64,
+    pub objects: HashMap<KindKey, BTreeMap<ObjectKey, Value>>,
+    pub history: Vec<Arc<StoredEvent>>,
+    pub faults: HashMap<KindKey, KindFault>,
+    pub down: bool,
+    /// Bumped by `drop_watches`: a watch started under an older generation ends.
+    pub drop_generation: u64,
+    next_uid: u64,
+}
+
+/// Shared state; every method takes the lock briefly, so all are safe while serving.
+pub struct Store {
+    inner: Mutex<Inner>,
+    /// Pulsed on every change (event, fault, drop, down) to wake watch streams.
+    pulse: watch::Sender<u64>,
+}
+
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), so no date crate is needed.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+impl Inner {
+    pub fn kind_for(&self, api_version: &str, kind: &str) -> Option<&ResourceKind> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        self.kinds.iter().find(|k| k.group == group && k.kind == kind && k.serves(version))
+    }
+
+    pub fn kind_by_resource(&self, group: &str, version: &str, resource: &str) -> Option<&ResourceKind> {
+        self.kinds.iter().find(|k| k.group == group && k.resource == resource && k.serves(version))
+    }
+
+    fn record(&mut self, kind: KindKey, key: ObjectKey, object: Value, previous: Option<Value>, deleted: bool) {
+        let rv = self.rv;
+        self.history.push(Arc::new(StoredEvent { rv, kind, key, object, previous, deleted }));
+    }
+
+    fn upsert(&mut self, mut object: Value) -> Result<Option<u64>, StoreError> {
+        let api_version =
+            object.get("apiVersion").and_then(Value::as_str).ok_or(StoreError::MissingField("apiVersion"))?;
+        let kind_name = object.get("kind").and_then(Value::as_str).ok_or(StoreError::MissingField("kind"))?;
+        let kind = self.kind_for(api_version, kind_name).ok_or_else(|| StoreError::UnknownKind {
+            api_version: api_version.to_owned(),
+            kind: kind_name.to_owned(),
+        })?;
+        let (kind_key, namespaced) = ((kind.group.clone(), kind.resource.clone()), kind.namespaced);
+        let meta =
+            object.get_mut("metadata").and_then(Value::as_object_mut).ok_or(StoreError::MissingField("metadata"))?;
+        let name =
+            meta.get("name").and_then(Value::as_str).ok_or(StoreError::MissingField("metadata.name"))?.to_owned();
+        let namespace = if namespaced {
+            meta.get("namespace").and_then(Value::as_str).unwrap_or("default").to_owned()
+        } else {
+            meta.remove("namespace");
+            String::new()
+        };
+        if namespaced {
+            meta.insert("namespace".into(), json!(namespace));
+        }
+        let key = (namespace, name);
+        let previous = self.objects.get(&kind_key).and_then(|m| m.get(&key)).cloned();
+        let old_meta = previous.as_ref().and_then(|p| p.get("metadata"));
+        // uid and creationTimestamp are set once by the server and kept on update.
+        for field in ["uid", "creationTimestamp"] {
+            if let Some(v) = old_meta.and_then(|m| m.get(field)) {
+                meta.insert(field.into(), v.clone());
+            }
+        }
+        if !meta.contains_key("uid") {
+            self.next_uid += 1;
+            meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{:012x}", self.next_uid)));
+        }
+        meta.entry("creationTimestamp").or_insert_with(|| json!(now_rfc3339()));
+        // An update that changes nothing is a no-op in the apiserver: no new RV, no event.
+        if let Some(prev) = &previous {
+            meta.insert("resourceVersion".into(), prev["metadata"]["resourceVersion"].clone());
+            if *prev == object {
+                return Ok(None);
+            }
+        }
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.entry(kind_key.clone()).or_default().insert(key.clone(), object.clone());
+        self.record(kind_key, key, object, previous, false);
+        Ok(Some(self.rv))
+    }
+
+    fn delete(&mut self, kind_key: &KindKey, key: &ObjectKey) -> Option<u64> {
+        let mut last = self.objects.get_mut(kind_key)?.remove(key)?;
+        self.rv += 1;
+        let previous = last.clone();
+        last["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.record(kind_key.clone(), key.clone(), last, Some(previous), true);
+        Some(self.rv)
+    }
+
+    /// The objects of a kind as they were at `rv` (≥ compacted_rv), rebuilt by undoing
+    /// later events; paged LISTs read every page at the first page's revision, as etcd does.
+    pub fn objects_at(&self, kind_key: &KindKey, rv: u64) -> BTreeMap<ObjectKey, Value> {
+        let mut objects = self.objects.get(kind_key).cloned().unwrap_or_default();
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        for event in self.history[start..].iter().rev().filter(|e| &e.kind == kind_key) {
+            match &event.previous {
+                Some(prev) => objects.insert(event.key.clone(), prev.clone()),
+                None => objects.remove(&event.key),
+            };
+        }
+        objects
+    }
+}
+
+impl Store {
+    pub fn new(kinds: Vec<ResourceKind>) -> Self {
+        let inner = Inner {
+            kinds,
+            rv: 1,
+            compacted_rv: 1,
+            objects: HashMap::new(),
+            history: Vec::new(),
+            faults: HashMap::new(),
+            down: false,
+            drop_generation: 0,
+            next_uid: 0,
+        };
+        Store { inner: Mutex::new(inner), pulse: watch::channel(0).0 }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.pulse.subscribe()
+    }
+
+    fn wake(&self) {
+        self.pulse.send_modify(|n| *n += 1);
+    }
+
+    /// Creates or updates an object (identified by apiVersion, kind, namespace, name).
+    /// Returns its new resourceVersion, or `None` when nothing changed.
+    pub fn upsert(&self, object: Value) -> Result<Option<u64>, StoreError> {
+        let rv = self.lock().upsert(object)?;
+        self.wake();
+        Ok(rv)
+    }
+
+    /// Upserts many objects under one lock; stops at the first invalid one.
+    pub fn bulk_load(&self, objects: Vec<Value>) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        let result = {
+            let mut inner = self.lock();
+            objects.into_iter().try_for_each(|o| {
+                changed += usize::from(inner.upsert(o)?.is_some());
+                Ok(())
+            })
+        };
+        self.wake();
+        result.map(|()| changed)
+    }
+
+    /// Deletes an object; returns the deletion's RV, or `None` if it did not exist.
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let rv = {
+            let mut inner = self.lock();
+            let k = inner.kind_for(api_version, kind).ok_or_else(|| StoreError::UnknownKind {
+                api_version: api_version.to_owned(),
+                kind: kind.to_owned(),
+            })?;
+            let ns = if k.namespaced { namespace } else { "" };
+            let kind_key = (k.group.clone(), k.resource.clone());
+            inner.delete(&kind_key, &(ns.to_owned(), name.to_owned()))
+        };
+        self.wake();
+        Ok(rv)
+    }
+
+    /// Forgets all history up to now, as etcd compaction does: watches and continue
+    /// tokens from an older RV get 410 Expired.
+    pub fn compact(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.compacted_rv = inner.rv;
+        inner.history.clear();
+        inner.rv
+    }
+
+    /// Ends every open watch stream cleanly (no ERROR event), like an apiserver restart
+    /// or a load balancer idle cut.
+    pub fn drop_watches(&self) {
+        self.lock().drop_generation += 1;
+        self.wake();
+    }
+
+    /// Down: every API request gets 503 and open watches end.
+    pub fn set_down(&self, down: bool) {
+        let mut inner = self.lock();
+        inner.down = down;
+        if down {
+            inner.drop_generation += 1;
+        }
+        drop(inner);
+        self.wake();
+    }
+
+    /// Injects (`Some`) or clears (`None`) a fault on the kind `resource` of `group`.
+    /// Open watches of that kind end when a fault is set, as they do when a CRD is deleted.
+    pub fn set_fault(&self, group: &str, resource: &str, fault: Option<KindFault>) {
+        let key = (group.to_owned(), resource.to_owned());
+        let mut inner = self.lock();
+        match fault {
+            Some(f) => inner.faults.insert(key, f),
+            None => inner.faults.remove(&key),
+        };
+        drop(inner);
+        self.wake();
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// The served kinds.
+    pub fn kinds(&self) -> Vec<ResourceKind> {
+        self.lock().kinds.clone()
+    }
+}
