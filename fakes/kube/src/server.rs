@@ -52,7 +52,14 @@ struct App {
 pub struct FakeKube {
     store: Arc<Store>,
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    router: Router,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn spawn_serving(listener: TcpListener, router: Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    })
 }
 
 impl FakeKube {
@@ -62,10 +69,30 @@ impl FakeKube {
         let store = Arc::new(Store::new(config.kinds));
         let app = Arc::new(App { store: store.clone(), addr, bookmark_interval: config.bookmark_interval });
         let router = control_routes().fallback(kube_api).with_state(app);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Ok(FakeKube { store, addr, task })
+        let task = std::sync::Mutex::new(Some(spawn_serving(listener, router.clone())));
+        Ok(FakeKube { store, addr, router, task })
+    }
+
+    /// Down the hard way: the listening socket is closed, so new connections are
+    /// refused (an apiserver that is not running), open watches end, and requests on
+    /// connections already open get 503. Undo with [`FakeKube::accept_connections`].
+    pub fn refuse_connections(&self) {
+        self.store.set_down(true);
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same address and serves normally.
+    pub async fn accept_connections(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = task.replace(spawn_serving(listener, self.router.clone())) {
+            old.abort();
+        }
+        drop(task);
+        self.store.set_down(false);
+        Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -85,7 +112,9 @@ impl FakeKube {
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 
