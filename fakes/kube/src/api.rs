@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::kinds::ResourceKind;
-use crate::selector::LabelSelector;
+use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::{Inner, KindFault, KindKey, ObjectKey};
 
@@ -91,7 +91,7 @@ fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
 /// Query options shared by LIST and WATCH.
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
-    pub selector: LabelSelector,
+    pub selector: Selector,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
 }

@@ -96,6 +96,54 @@ impl LabelSelector {
     }
 }
 
+/// A field selector. Every kind supports `metadata.name` and `metadata.namespace`
+/// (apiserver `registry/generic` `DefaultClusterScopedAttr`/`DefaultNamespaceScopedAttrs`);
+/// other fields are kind-specific and refused here as the server refuses unknown ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        let mut reqs = Vec::new();
+        for raw in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = raw.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = raw.split_once("==").or_else(|| raw.split_once('=')) {
+                (f, true, v)
+            } else {
+                return Err(SelectorError(raw.to_owned()));
+            };
+            let field = field.trim();
+            if field != "metadata.name" && field != "metadata.namespace" {
+                return Err(SelectorError(format!("field label not supported: {field}")));
+            }
+            reqs.push((field.to_owned(), equal, value.trim().to_owned()));
+        }
+        Ok(FieldSelector(reqs))
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let pointer = if field == "metadata.name" { "/metadata/name" } else { "/metadata/namespace" };
+            let actual = object.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+            (actual == value) == *equal
+        })
+    }
+}
+
+/// Label and field selector together, as LIST and WATCH apply them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selector {
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +163,14 @@ mod tests {
         assert!(m("missing!=x"));
         assert!(m(""));
         assert!(LabelSelector::parse("a in b").is_err());
+    }
+
+    #[test]
+    fn field_selectors_know_name_and_namespace_only() {
+        let obj = json!({"metadata": {"name": "a", "namespace": "default"}});
+        let m = |s: &str| FieldSelector::parse(s).unwrap().matches(&obj);
+        assert!(m("metadata.name=a,metadata.namespace!=kube-system"));
+        assert!(!m("metadata.name==b"));
+        assert!(FieldSelector::parse("spec.nodeName=n1").is_err());
     }
 }

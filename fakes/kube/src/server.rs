@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ListOptions, ResourcePath};
 use crate::discovery;
 use crate::kinds::{ResourceKind, default_kinds};
-use crate::selector::LabelSelector;
+use crate::selector::{FieldSelector, LabelSelector, Selector};
 use crate::status::ApiError;
 use crate::store::Store;
 use crate::watch::{self, WatchParams};
@@ -181,8 +181,11 @@ fn serve_api(app: &Arc<App>, method: &Method, path: &str, q: &HashMap<String, St
     if let Some(name) = &rpath.name {
         return Ok(json_response(200, &api::get(&inner, &rpath, name)?));
     }
-    let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let param = |name: &str| q.get(name).map(String::as_str).unwrap_or("");
+    let selector = Selector {
+        labels: LabelSelector::parse(param("labelSelector")).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        fields: FieldSelector::parse(param("fieldSelector")).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
     let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     if !watching {
         let limit = q.get("limit").and_then(|l| l.parse().ok());

@@ -12,14 +12,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::{ResourcePath, served};
 use crate::kinds::ResourceKind;
-use crate::selector::LabelSelector;
+use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::{Inner, KindKey, Store, StoredEvent};
 
 pub struct WatchParams {
     pub path: ResourcePath,
     pub kind: ResourceKind,
-    pub selector: LabelSelector,
+    pub selector: Selector,
     /// `None` for `resourceVersion` unset or `"0"`: the real server then starts with a
     /// synthetic ADDED for every current object ("Get State and Start at Most Recent").
     pub since: Option<u64>,

@@ -162,3 +162,41 @@ async fn deletion_bookmarks_timeout_and_drop() {
     let (head, _) = request(f.addr(), "POST", "/_fake/compact", "").await;
     assert_eq!(head.status, 200);
 }
+
+#[tokio::test]
+async fn an_old_istio_cluster_prefers_v1beta1_and_does_not_serve_v1() {
+    let kinds = vec![keelson_fake_kube::ResourceKind::new(
+        "networking.istio.io",
+        &["v1beta1", "v1alpha3"],
+        "virtualservices",
+        "VirtualService",
+        true,
+    )];
+    let f = FakeKube::start(FakeConfig { kinds, ..FakeConfig::default() }).await.unwrap();
+    let (_, group) = get(f.addr(), "/apis/networking.istio.io").await;
+    assert_eq!(group["preferredVersion"]["version"], "v1beta1");
+    assert_eq!(get(f.addr(), "/apis/networking.istio.io/v1/virtualservices").await.0, 404);
+    assert_eq!(get(f.addr(), "/apis/networking.istio.io/v1alpha3/virtualservices").await.0, 200);
+}
+
+#[tokio::test]
+async fn watch_without_rv_starts_with_current_state_and_field_selectors_apply() {
+    let f = fake().await;
+    f.store()
+        .bulk_load(vec![svc("default", "a", "web"), svc("default", "b", "web"), svc("other", "a", "web")])
+        .unwrap();
+    let mut w = watch(f.addr(), "/api/v1/services?watch=true&fieldSelector=metadata.name%3Da").await;
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let e = w.event().await.unwrap();
+        assert_eq!(e["type"], "ADDED");
+        first.push(e["object"]["metadata"]["namespace"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(first, ["default", "other"]);
+    f.store().upsert(svc("default", "b", "db")).unwrap();
+    f.store().upsert(svc("default", "a", "db")).unwrap();
+    let e = w.event().await.unwrap();
+    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("MODIFIED"), Some("a")));
+    let (code, status) = get(f.addr(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1").await;
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+}

@@ -136,6 +136,28 @@ async fn kubectl_get_watch_sees_changes_made_after_it_started() {
     store.upsert(changed).unwrap();
     line_until(&mut lines, |l| l.starts_with("MODIFIED") && l.contains("first")).await;
     stop(child).await;
+
+    // `get NAME -w` watches with fieldSelector=metadata.name=NAME.
+    let (child, mut lines) = spawn_piped(c.kubectl(&["get", "pod", "second", "-w", "--output-watch-events"]));
+    line_until(&mut lines, |l| l.starts_with("ADDED") && l.contains("second")).await;
+    // kubectl prints the GET's object before its watch (from resourceVersion=0, i.e. from
+    // the state at that moment) is open: change the pod until a MODIFIED shows the watch is on.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for generation in 0.. {
+        assert!(tokio::time::Instant::now() < deadline, "kubectl never showed a MODIFIED");
+        let mut pod = object("v1", "Pod", "default", "second");
+        pod["metadata"]["labels"]["generation"] = json!(generation.to_string());
+        store.upsert(pod).unwrap();
+        let next = timeout(Duration::from_millis(500), lines.next_line()).await;
+        if next.is_ok_and(|l| l.unwrap().is_some_and(|l| l.starts_with("MODIFIED"))) {
+            break;
+        }
+    }
+    store.delete("v1", "Pod", "default", "first").unwrap();
+    store.delete("v1", "Pod", "default", "second").unwrap();
+    let deleted = line_until(&mut lines, |l| l.starts_with("DELETED")).await;
+    assert!(deleted.contains("second"), "only the named pod's events: {deleted}");
+    stop(child).await;
 }
 
 #[tokio::test]
