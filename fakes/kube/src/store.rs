@@ -272,7 +272,8 @@ impl Store {
     }
 
     /// Injects (`Some`) or clears (`None`) a fault on the kind `resource` of `group`.
-    /// Open watches of that kind end when a fault is set, as they do when a CRD is deleted.
+    /// `Absent` ends open watches of the kind, as deleting a CRD does; `Forbidden`
+    /// only affects new requests.
     pub fn set_fault(&self, group: &str, resource: &str, fault: Option<KindFault>) {
         let key = (group.to_owned(), resource.to_owned());
         let mut inner = self.lock();

@@ -14,7 +14,7 @@ use crate::api::{ResourcePath, served};
 use crate::kinds::ResourceKind;
 use crate::selector::Selector;
 use crate::status::ApiError;
-use crate::store::{Inner, KindKey, Store, StoredEvent};
+use crate::store::{Inner, KindFault, KindKey, Store, StoredEvent};
 
 pub struct WatchParams {
     pub path: ResourcePath,
@@ -55,9 +55,10 @@ fn convert(p: &WatchParams, e: &StoredEvent) -> Option<(&'static str, Value)> {
     }
 }
 
-/// Why a watch must stop, checked at each wake-up.
+/// Why a watch must stop, checked at each wake-up. A CRD that goes away ends its
+/// watches; an RBAC change does not (authorization happens once, when the watch starts).
 fn ended(inner: &Inner, kind: &KindKey, generation: u64) -> bool {
-    inner.down || inner.drop_generation != generation || inner.faults.contains_key(kind)
+    inner.down || inner.drop_generation != generation || inner.faults.get(kind) == Some(&KindFault::Absent)
 }
 
 fn too_old_event(requested: u64, compacted: u64) -> Result<Bytes, Infallible> {

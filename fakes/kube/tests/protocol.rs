@@ -200,3 +200,20 @@ async fn watch_without_rv_starts_with_current_state_and_field_selectors_apply() 
     let (code, status) = get(f.addr(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1").await;
     assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
 }
+
+#[tokio::test]
+async fn a_crd_going_away_ends_its_watches_but_rbac_changes_do_not() {
+    let f = fake().await;
+    let mut svc_watch = watch(f.addr(), "/api/v1/services?watch=true&resourceVersion=1").await;
+    let mut vs_watch =
+        watch(f.addr(), "/apis/networking.istio.io/v1/virtualservices?watch=true&resourceVersion=1").await;
+    f.store().set_fault("", "services", Some(KindFault::Forbidden));
+    f.store().set_fault("networking.istio.io", "virtualservices", Some(KindFault::Absent));
+    assert!(vs_watch.event().await.is_none(), "the absent CRD's watch ends");
+    let rv = f.store().upsert(svc("default", "a", "web")).unwrap().unwrap();
+    let e = svc_watch.event().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["resourceVersion"].clone()),
+        (Some("ADDED"), json!(rv.to_string()))
+    );
+}
