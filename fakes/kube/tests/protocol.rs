@@ -217,3 +217,16 @@ async fn a_crd_going_away_ends_its_watches_but_rbac_changes_do_not() {
         (Some("ADDED"), json!(rv.to_string()))
     );
 }
+
+#[tokio::test]
+async fn a_watch_ahead_of_the_store_is_silent_until_reached() {
+    let f = fake().await;
+    let ahead = f.store().resource_version() + 2;
+    let mut w = watch(f.addr(), &format!("/api/v1/services?watch=true&resourceVersion={ahead}")).await;
+    f.store().upsert(svc("default", "one", "web")).unwrap();
+    f.store().upsert(svc("default", "two", "web")).unwrap();
+    let three = f.store().upsert(svc("default", "three", "web")).unwrap().unwrap();
+    assert_eq!(three, ahead + 1);
+    let e = w.event().await.unwrap();
+    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("three")));
+}
