@@ -161,8 +161,22 @@ async fn every_requested_type_is_answered_at_once_for_both_istio_versions() {
         // MeshConfig is one unwrapped Any.
         assert_eq!(got[MESH].resources.len(), 1);
         assert_eq!(got[MESH].resources[0].type_url, "type.googleapis.com/istio.mesh.v1alpha1.MeshConfig");
+        // A client that ACKs MeshConfig anyway (MeshConfig first, in order)
+        // does not make it a tracked type.
+        s.ack(&got[MESH], &[]);
+        for t in set {
+            s.ack(&got[*t], &[]);
+        }
         open.push(s);
     }
+    wait_until("every Istio type ACKed on both streams", || {
+        let records = ledger.records();
+        records.len() == 2
+            && records
+                .iter()
+                .all(|r| r.types.values().filter(|t| t.status() == keelson_hub::SyncStatus::Synced).count() == 14)
+    })
+    .await;
     // Both are MCP clients in the ledger, tracked per Istio type.
     let records = ledger.records();
     assert_eq!(records.len(), 2);

@@ -208,21 +208,21 @@ impl Session {
                 // One MCP type makes the client an MCP client (an istiod).
                 record.protocol = keelson_hub::ledger::Protocol::Mcp;
             }
-            if type_url != super::types::MESH_CONFIG {
+            if tracked(type_url) {
                 record.subscribed(type_url, short_name(type_url));
             }
         }
     }
 
+    /// The ledger record to book a type's sends and answers in, if tracked.
+    fn ledger_for(&self, type_url: &str) -> Option<&LedgerEntry> {
+        self.ledger.as_ref().filter(|_| tracked(type_url))
+    }
+
     pub fn sent(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, bytes: usize) {
         let short = short_name(type_url);
         shared.metrics.sent(type_url, bytes);
-        if type_url == super::types::MESH_CONFIG {
-            // istiod never ACKs a non-empty MeshConfig (adsc skips it): the
-            // ledger would show it stale for ever, so it is not tracked.
-            return;
-        }
-        if let Some(l) = &self.ledger {
+        if let Some(l) = self.ledger_for(type_url) {
             l.lock().sent(type_url, short, version, nonce);
         }
     }
@@ -232,7 +232,7 @@ impl Session {
     pub fn acked(&self, shared: &Shared, type_url: &str, version: u64, nonce: u64, published: SystemTime) {
         let short = short_name(type_url);
         shared.metrics.acked(type_url, published);
-        if let Some(l) = &self.ledger {
+        if let Some(l) = self.ledger_for(type_url) {
             l.lock().acked(type_url, short, version, nonce);
         }
     }
@@ -244,7 +244,7 @@ impl Session {
         let short = short_name(type_url);
         shared.metrics.nacked(type_url);
         let (text, error_hash) = summarize(error);
-        if let Some(l) = &self.ledger {
+        if let Some(l) = self.ledger_for(type_url) {
             l.lock().nacked(type_url, short, version, nonce, &text);
         }
         let node = self.peer.as_ref().map(|p| p.id.as_str()).unwrap_or_default();
@@ -276,6 +276,12 @@ impl Session {
         };
         shared.metrics.nack_dropped(reason);
     }
+}
+
+/// Is a type booked in the ledger? Not MeshConfig: istiod never ACKs a
+/// non-empty one (adsc skips it), so the ledger would show it stale for ever.
+fn tracked(type_url: &str) -> bool {
+    type_url != super::types::MESH_CONFIG
 }
 
 fn metadata_string(node: &Node, field: &str) -> Option<String> {
