@@ -102,6 +102,7 @@ async fn load(hub: &HubHandle, origin: &SourceId, n: usize, make: fn(usize) -> s
             source_version: String::new(),
             body: o.body,
             location: format!("objects.yaml:{}", i * 12 + 1),
+            author: String::new(),
         });
     }
     ops.push(Op::SyncDone);
@@ -183,6 +184,7 @@ fn main() {
                 source_version: String::new(),
                 body: o.body,
                 location: format!("objects.yaml:{}", i * 12 + 1),
+                author: String::new(),
             };
             state.apply(keelson_hub::Event {
                 seq: i as u64 + 1,
@@ -216,7 +218,13 @@ fn main() {
         let ops: Vec<Op> = (0..services)
             .map(|i| {
                 let o = parse_object(&service(i)).unwrap();
-                Op::Upsert { key: o.key, source_version: String::new(), body: o.body, location: String::new() }
+                Op::Upsert {
+                    key: o.key,
+                    source_version: String::new(),
+                    body: o.body,
+                    location: String::new(),
+                    author: String::new(),
+                }
             })
             .collect();
         let before = LIVE.load(Ordering::Relaxed);

@@ -32,6 +32,7 @@ fn upsert(i: usize, round: usize) -> Op {
         source_version: round.to_string(),
         body: Body::from_value(&body),
         location: format!("svc-{i}.yaml:1"),
+        author: String::new(),
     }
 }
 

@@ -43,7 +43,13 @@ fn cluster(i: usize, timeout: u32) -> Op {
                   "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } } }
     });
     let o = parse_object(&v).unwrap();
-    Op::Upsert { key: o.key, source_version: String::new(), body: o.body, location: format!("svc-{i}.yaml:1") }
+    Op::Upsert {
+        key: o.key,
+        source_version: String::new(),
+        body: o.body,
+        location: format!("svc-{i}.yaml:1"),
+        author: String::new(),
+    }
 }
 
 fn event(seq: u64, op: Op) -> Event {

@@ -1,7 +1,7 @@
 //! `State` ⇄ checkpoint blob, with rkyv.
 //!
 //! rkyv has no schema evolution, so the layout is versioned by the format tag
-//! the log stores beside the blob ([`FORMAT_V2`]); a new layout gets a new tag
+//! the log stores beside the blob ([`FORMAT_V3`]); a new layout gets a new tag
 //! and this module keeps reading the old ones. sled hands back unaligned
 //! bytes, so a blob is copied into an aligned buffer before it is validated.
 
@@ -18,6 +18,8 @@ use crate::state::{ResourceEntry, State};
 pub const FORMAT_V1: u32 = 0x4b43_0001; // "KC" v1
 /// Format tag of [`CheckpointV2`] blobs: V1 plus each entry's creation time.
 pub const FORMAT_V2: u32 = 0x4b43_0002; // "KC" v2
+/// Format tag of [`CheckpointV3`] blobs: V2 plus each key's cluster.
+pub const FORMAT_V3: u32 = 0x4b43_0003; // "KC" v3
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointV1 {
@@ -70,6 +72,64 @@ struct EntryV2 {
     created_at: u64,
 }
 
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct CheckpointV3 {
+    seq: u64,
+    version: u64,
+    entries: Vec<EntryV3>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EntryV3 {
+    group: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    /// The key's cluster (registry objects read from a Kubernetes cluster).
+    cluster: String,
+    version: u64,
+    body: Vec<u8>,
+    hash: [u8; 16],
+    origin_kind: u8,
+    origin_name: String,
+    origin_cluster: String,
+    source_version: String,
+    location: String,
+    encoded: Option<Vec<u8>>,
+    /// Nanoseconds since the Unix epoch.
+    created_at: u64,
+}
+
+/// One stored entry's fields, borrowed from whichever format holds them.
+struct StoredEntry<'a> {
+    key: ResourceKey,
+    version: u64,
+    body: &'a [u8],
+    hash: [u8; 16],
+    origin: SourceId,
+    source_version: &'a str,
+    location: &'a str,
+    encoded: Option<&'a [u8]>,
+    created_at: u64,
+}
+
+impl StoredEntry<'_> {
+    fn restore(self) -> (ResourceKey, std::sync::Arc<ResourceEntry>) {
+        let body = Body::from_parts(Bytes::copy_from_slice(self.body), u128::from_be_bytes(self.hash));
+        let entry = ResourceEntry {
+            version: self.version,
+            serving: crate::state::Serving::of(&body),
+            body,
+            origin: self.origin,
+            source_version: self.source_version.to_string(),
+            location: self.location.to_string(),
+            encoded: self.encoded.map(Bytes::copy_from_slice),
+            created_at: UNIX_EPOCH + Duration::from_nanos(self.created_at),
+        };
+        (self.key, std::sync::Arc::new(entry))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint format {0:#x} is not one this build reads")]
@@ -100,19 +160,20 @@ fn kind_from_u8(k: u8) -> SourceKind {
     }
 }
 
-/// Encodes a state as a [`FORMAT_V2`] blob.
+/// Encodes a state as a [`FORMAT_V3`] blob.
 pub fn encode(state: &State) -> AlignedVec {
-    let cp = CheckpointV2 {
+    let cp = CheckpointV3 {
         seq: state.seq,
         version: state.version,
         entries: state
             .resources
             .iter()
-            .map(|(k, e)| EntryV2 {
+            .map(|(k, e)| EntryV3 {
                 group: k.group.clone(),
                 kind: k.kind.clone(),
                 namespace: k.namespace.clone(),
                 name: k.name.clone(),
+                cluster: k.cluster.clone(),
                 version: e.version,
                 body: e.body.json().to_vec(),
                 hash: e.body.hash().to_be_bytes(),
@@ -146,6 +207,31 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
         cluster: cluster.to_string(),
     };
     let (seq, version, resources) = match format {
+        FORMAT_V3 => {
+            let archived = rkyv::access::<ArchivedCheckpointV3, rancor::Error>(&aligned).map_err(invalid)?;
+            let resources = archived
+                .entries
+                .iter()
+                .map(|e| {
+                    let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name).in_cluster(&e.cluster);
+                    count(&key);
+                    StoredEntry {
+                        key,
+                        version: e.version.to_native(),
+                        body: &e.body,
+                        hash: e.hash,
+                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
+                        source_version: &e.source_version,
+                        location: &e.location,
+                        encoded: e.encoded.as_ref().map(|b| b.as_slice()),
+                        created_at: e.created_at.to_native(),
+                    }
+                    .restore()
+                })
+                .collect();
+            (archived.seq.to_native(), archived.version.to_native(), resources)
+        }
+        // Written before keys had clusters: every key is cluster-less.
         FORMAT_V2 => {
             let archived = rkyv::access::<ArchivedCheckpointV2, rancor::Error>(&aligned).map_err(invalid)?;
             let resources = archived
@@ -153,19 +239,19 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
                 .iter()
                 .map(|e| {
                     let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
-                    let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
-                    let entry = ResourceEntry {
-                        version: e.version.to_native(),
-                        serving: crate::state::Serving::of(&body),
-                        body,
-                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
-                        source_version: e.source_version.to_string(),
-                        location: e.location.to_string(),
-                        encoded: e.encoded.as_ref().map(|b| Bytes::copy_from_slice(b)),
-                        created_at: UNIX_EPOCH + Duration::from_nanos(e.created_at.to_native()),
-                    };
                     count(&key);
-                    (key, std::sync::Arc::new(entry))
+                    StoredEntry {
+                        key,
+                        version: e.version.to_native(),
+                        body: &e.body,
+                        hash: e.hash,
+                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
+                        source_version: &e.source_version,
+                        location: &e.location,
+                        encoded: e.encoded.as_ref().map(|b| b.as_slice()),
+                        created_at: e.created_at.to_native(),
+                    }
+                    .restore()
                 })
                 .collect();
             (archived.seq.to_native(), archived.version.to_native(), resources)
@@ -222,6 +308,7 @@ mod tests {
                     source_version: i.to_string(),
                     body: Body::from_value(&body),
                     location: String::new(),
+                    author: String::new(),
                 },
             });
         }
@@ -230,7 +317,7 @@ mod tests {
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.
         let mut unaligned = vec![0u8];
         unaligned.extend_from_slice(&blob);
-        assert_eq!(decode(FORMAT_V2, &unaligned[1..]).unwrap(), state);
+        assert_eq!(decode(FORMAT_V3, &unaligned[1..]).unwrap(), state);
     }
 
     /// A checkpoint written before Istio kinds had a wire form still loads:
@@ -264,14 +351,63 @@ mod tests {
         let e = state.resources.values().next().unwrap();
         assert!(e.encoded.is_some(), "rebuilt with its MCP item");
         assert_eq!(e.created_at, UNIX_EPOCH, "no creation time was recorded before v2");
-        // Written back, it is v2 and round-trips.
-        assert_eq!(decode(FORMAT_V2, &encode(&state)).unwrap(), state);
+        // Written back, it is v3 and round-trips.
+        assert_eq!(decode(FORMAT_V3, &encode(&state)).unwrap(), state);
+    }
+
+    /// Per-cluster keys survive a checkpoint; a V2 checkpoint (before keys
+    /// had clusters) still loads, every key cluster-less.
+    #[test]
+    fn clusters_of_keys_round_trip_and_v2_still_loads() {
+        let mut state = State::default();
+        for (seq, cluster) in [(1, "east"), (2, "west")] {
+            let body = serde_json::json!({ "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "reviews", "namespace": "default" }, "spec": {} });
+            state.apply(crate::Event {
+                seq,
+                at: UNIX_EPOCH,
+                origin: SourceId { kind: SourceKind::Kubernetes, name: cluster.into(), cluster: cluster.into() },
+                op: crate::Op::Upsert {
+                    key: ResourceKey::new("", "Service", "default", "reviews").in_cluster(cluster),
+                    source_version: "7".into(),
+                    body: Body::from_value(&body),
+                    location: String::new(),
+                    author: String::new(),
+                },
+            });
+        }
+        assert_eq!(state.resources.len(), 2);
+        assert_eq!(decode(FORMAT_V3, &encode(&state)).unwrap(), state);
+        let e = &state.resources[&ResourceKey::new("", "Service", "default", "reviews").in_cluster("east")];
+        let v2 = CheckpointV2 {
+            seq: 1,
+            version: 1,
+            entries: vec![EntryV2 {
+                group: String::new(),
+                kind: "Service".into(),
+                namespace: "default".into(),
+                name: "reviews".into(),
+                version: 1,
+                body: e.body.json().to_vec(),
+                hash: e.body.hash().to_be_bytes(),
+                origin_kind: 1,
+                origin_name: "f".into(),
+                origin_cluster: String::new(),
+                source_version: String::new(),
+                location: String::new(),
+                encoded: None,
+                created_at: 0,
+            }],
+        };
+        let old = decode(FORMAT_V2, &rkyv::to_bytes::<rancor::Error>(&v2).unwrap()).unwrap();
+        assert_eq!(old.resources.keys().next().unwrap().to_string(), "core/Service/default/reviews");
     }
 
     #[test]
     fn wrong_format_or_garbage_is_refused() {
         let blob = encode(&State::default());
         assert!(matches!(decode(7, &blob), Err(CheckpointError::UnknownFormat(7))));
+        assert!(matches!(decode(FORMAT_V3, &[1, 2, 3]), Err(CheckpointError::Invalid(_))));
         assert!(matches!(decode(FORMAT_V2, &[1, 2, 3]), Err(CheckpointError::Invalid(_))));
         assert!(matches!(decode(FORMAT_V1, &[1, 2, 3]), Err(CheckpointError::Invalid(_))));
     }

@@ -87,27 +87,31 @@ fn key_to_pb(k: &ResourceKey) -> pb::ResourceKey {
         kind: k.kind.clone(),
         namespace: k.namespace.clone(),
         name: k.name.clone(),
+        cluster: k.cluster.clone(),
     }
 }
 
 fn key_from_pb(k: Option<pb::ResourceKey>) -> Result<ResourceKey, String> {
     let k = k.ok_or("resource op without a key")?;
-    Ok(ResourceKey { group: k.group, kind: k.kind, namespace: k.namespace, name: k.name })
+    Ok(ResourceKey { group: k.group, kind: k.kind, namespace: k.namespace, name: k.name, cluster: k.cluster })
 }
 
 fn op_to_pb(op: &Op) -> pb::log_event::Op {
     use pb::log_event::Op as P;
     match op {
-        Op::Upsert { key, source_version, body, location } => P::Upsert(pb::Upsert {
+        Op::Upsert { key, source_version, body, location, author } => P::Upsert(pb::Upsert {
             key: Some(key_to_pb(key)),
             source_version: source_version.clone(),
             body: body.json().clone(),
             content_hash: Bytes::copy_from_slice(&body.hash().to_be_bytes()),
             location: location.clone(),
+            author: author.clone(),
         }),
-        Op::Delete { key, source_version } => {
-            P::Delete(pb::Delete { key: Some(key_to_pb(key)), source_version: source_version.clone() })
-        }
+        Op::Delete { key, source_version, author } => P::Delete(pb::Delete {
+            key: Some(key_to_pb(key)),
+            source_version: source_version.clone(),
+            author: author.clone(),
+        }),
         Op::SyncStart => P::SyncStart(pb::SyncStart {}),
         Op::SyncDone => P::SyncDone(pb::SyncDone {}),
         Op::Nack { node, type_url, version, error } => P::Nack(pb::Nack {
@@ -129,9 +133,10 @@ fn op_from_pb(op: pb::log_event::Op) -> Result<Op, String> {
                 source_version: u.source_version,
                 body: Body::from_parts(u.body, u128::from_be_bytes(hash)),
                 location: u.location,
+                author: u.author,
             }
         }
-        P::Delete(d) => Op::Delete { key: key_from_pb(d.key)?, source_version: d.source_version },
+        P::Delete(d) => Op::Delete { key: key_from_pb(d.key)?, source_version: d.source_version, author: d.author },
         P::SyncStart(_) => Op::SyncStart,
         P::SyncDone(_) => Op::SyncDone,
         P::Nack(n) => Op::Nack { node: n.node, type_url: n.type_url, version: n.version, error: n.error },
@@ -151,14 +156,17 @@ mod tests {
     fn every_op_round_trips() {
         let origin = SourceId { kind: SourceKind::Kubernetes, name: "east".into(), cluster: "cluster-east".into() };
         let key = ResourceKey::new("networking.istio.io", "VirtualService", "default", "reviews");
+        let svc = ResourceKey::new("", "Service", "default", "reviews").in_cluster("east");
         let ops = [
             Op::Upsert {
                 key: key.clone(),
                 source_version: "123".into(),
                 body: Body::from_value(&serde_json::json!({"spec": {"hosts": ["reviews"]}})),
                 location: "vs.yaml:3".into(),
+                author: "kubectl-client-side-apply".into(),
             },
-            Op::Delete { key, source_version: "124".into() },
+            Op::Delete { key, source_version: "124".into(), author: String::new() },
+            Op::Delete { key: svc, source_version: "125".into(), author: "helm".into() },
             Op::SyncStart,
             Op::SyncDone,
             Op::Nack { node: "sidecar~1".into(), type_url: "t".into(), version: "9".into(), error: "no".into() },
@@ -174,8 +182,11 @@ mod tests {
     fn records_are_indexed_by_resource_or_proxy() {
         let origin = SourceId::new(SourceKind::Hub, "xds");
         let key = ResourceKey::new("", "Service", "default", "reviews");
-        let del = encode(&origin, &Op::Delete { key, source_version: String::new() });
+        let del =
+            encode(&origin, &Op::Delete { key: key.clone(), source_version: String::new(), author: String::new() });
         assert_eq!(del.key.as_ref(), b"core/Service/default/reviews");
+        let east = Op::Delete { key: key.in_cluster("east"), source_version: String::new(), author: String::new() };
+        assert_eq!(encode(&origin, &east).key.as_ref(), b"core/Service/default/reviews@east");
         let nack = encode(
             &origin,
             &Op::Nack { node: "n1".into(), type_url: String::new(), version: String::new(), error: String::new() },

@@ -5,31 +5,73 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-/// Identifies one configuration object: `group/kind/namespace/name`.
+/// Identifies one configuration object: `group/kind/namespace/name`, and for
+/// registry objects read from a Kubernetes cluster, `@cluster`.
 ///
 /// The core Kubernetes group is the empty string and is written `core`.
-/// Cluster-scoped objects (raw Envoy resources) have an empty namespace.
+/// Cluster-scoped objects (raw Envoy resources, Nodes) have an empty namespace.
+///
+/// Registry kinds (Service, EndpointSlice, Pod, Node: [`crate::kinds::KindInfo::per_cluster`])
+/// are held per cluster, so `core/Service/default/reviews@east` and `…@west`
+/// are two objects. Config kinds never carry a cluster: the same Istio object
+/// from two clusters is one key and a conflict (crate::conflict).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResourceKey {
     pub group: String,
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    /// The Kubernetes cluster of a registry object; empty otherwise.
+    pub cluster: String,
 }
 
 impl ResourceKey {
     pub fn new(group: &str, kind: &str, namespace: &str, name: &str) -> Self {
-        ResourceKey { group: group.into(), kind: kind.into(), namespace: namespace.into(), name: name.into() }
+        ResourceKey {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            cluster: String::new(),
+        }
+    }
+
+    /// The same key, held for `cluster`.
+    pub fn in_cluster(mut self, cluster: &str) -> Self {
+        self.cluster = cluster.into();
+        self
     }
 
     /// Parses `group/kind/namespace/name` or `kind/namespace/name` (group
-    /// looked up from the kind). The name is the rest of the string, so it may
-    /// itself contain `/`. A group is recognised by a `.` or as `core`.
+    /// looked up from the kind), each optionally followed by `@cluster` for a
+    /// registry kind. The name is the rest of the string, so it may itself
+    /// contain `/`. A group is recognised by a `.` or as `core`.
+    ///
+    /// `@` is read as a cluster only for registry kinds, whose names are DNS
+    /// names and cannot hold one; for every other kind it is part of the name.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let mut key = Self::parse_unclustered(s)?;
+        let per_cluster = crate::kinds::lookup(&key.group, &key.kind).is_some_and(|k| k.per_cluster);
+        if per_cluster && let Some((name, cluster)) = key.name.rsplit_once('@') {
+            crate::names::check_cluster(cluster)?;
+            if name.is_empty() {
+                return Err(format!("{s:?} has a cluster but no name"));
+            }
+            key.cluster = cluster.to_string();
+            key.name = name.to_string();
+        }
+        Ok(key)
+    }
+
+    fn parse_unclustered(s: &str) -> Result<Self, String> {
         let first = s.split('/').next().unwrap_or_default();
         let explicit_group = first.contains('.') || first == "core";
         let parts: Vec<&str> = s.splitn(if explicit_group { 4 } else { 3 }, '/').collect();
-        let bad = || format!("{s:?} is not a resource key: expected group/kind/namespace/name or kind/namespace/name");
+        let bad = || {
+            format!(
+                "{s:?} is not a resource key: expected group/kind/namespace/name or kind/namespace/name (+ @cluster for registry kinds)"
+            )
+        };
         match parts.as_slice() {
             [group, kind, ns, name] if !kind.is_empty() && !name.is_empty() => {
                 let group = if *group == "core" { "" } else { group };
@@ -53,7 +95,11 @@ impl ResourceKey {
 impl fmt::Display for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let group = if self.group.is_empty() { "core" } else { &self.group };
-        write!(f, "{group}/{}/{}/{}", self.kind, self.namespace, self.name)
+        write!(f, "{group}/{}/{}/{}", self.kind, self.namespace, self.name)?;
+        if !self.cluster.is_empty() {
+            write!(f, "@{}", self.cluster)?;
+        }
+        Ok(())
     }
 }
 
@@ -153,10 +199,14 @@ pub enum Op {
         source_version: String,
         body: Body,
         location: String,
+        /// Who made the change, when the source says (a Kubernetes field
+        /// manager); empty otherwise.
+        author: String,
     },
     Delete {
         key: ResourceKey,
         source_version: String,
+        author: String,
     },
     /// A source began its initial listing.
     SyncStart,
@@ -214,6 +264,22 @@ mod tests {
         assert_eq!(svc.to_string(), "core/Service/default/reviews");
         assert_eq!(ResourceKey::parse("core/Service/default/reviews").unwrap(), svc);
         assert_eq!(ResourceKey::parse("Service/default/reviews").unwrap(), svc);
+    }
+
+    #[test]
+    fn registry_keys_carry_their_cluster() {
+        let east = ResourceKey::new("", "Service", "default", "reviews").in_cluster("east");
+        assert_eq!(east.to_string(), "core/Service/default/reviews@east");
+        assert_eq!(ResourceKey::parse("core/Service/default/reviews@east").unwrap(), east);
+        assert_eq!(ResourceKey::parse("Service/default/reviews@east").unwrap(), east);
+        assert_ne!(east, east.clone().in_cluster("west"));
+        // Old keys still parse, to the cluster-less object.
+        assert_eq!(ResourceKey::parse("Service/default/reviews").unwrap().cluster, "");
+        // `@` is a cluster only for registry kinds; an Envoy name may hold one.
+        let envoy = ResourceKey::parse("xds.keelson.dev/Cluster//svc@east").unwrap();
+        assert_eq!((envoy.name.as_str(), envoy.cluster.as_str()), ("svc@east", ""));
+        assert!(ResourceKey::parse("Service/default/reviews@Bad_Cluster").unwrap_err().contains("cluster"));
+        assert!(ResourceKey::parse("Service/default/@east").is_err());
     }
 
     #[test]

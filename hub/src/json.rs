@@ -21,14 +21,17 @@ pub fn event_json(ev: &Event) -> Value {
         "op": ev.op.name(),
     });
     let extra = match &ev.op {
-        Op::Upsert { key, source_version, body, location } => json!({
+        Op::Upsert { key, source_version, body, location, author } => json!({
             "key": key.to_string(),
             "source_version": source_version,
             "location": location,
+            "author": author,
             "hash": format!("{:032x}", body.hash()),
             "body": body.to_value(),
         }),
-        Op::Delete { key, source_version } => json!({ "key": key.to_string(), "source_version": source_version }),
+        Op::Delete { key, source_version, author } => {
+            json!({ "key": key.to_string(), "source_version": source_version, "author": author })
+        }
         Op::Nack { node, type_url, version, error } => {
             json!({ "node": node, "type_url": type_url, "version": version, "error": error })
         }

@@ -27,6 +27,10 @@ pub struct KindInfo {
     pub encoding: Encoding,
     /// The rule `metadata.name` follows (crate::names).
     pub name_rule: NameRule,
+    /// A registry kind, held per Kubernetes cluster: its keys carry the
+    /// cluster (`…@east`), so two clusters' objects never meet. Config
+    /// kinds are cluster-less and conflict instead (crate::conflict).
+    pub per_cluster: bool,
 }
 
 impl KindInfo {
@@ -56,6 +60,7 @@ const fn envoy(kind: &'static str, message: &'static str, name_field: &'static s
         namespaced: false,
         encoding: Encoding::Envoy { message, name_field },
         name_rule: NameRule::EnvoyPrintable,
+        per_cluster: false,
     }
 }
 
@@ -71,7 +76,19 @@ const fn istio(
         namespaced: true,
         encoding: Encoding::Istio { message, required },
         name_rule: NameRule::Dns1123Subdomain,
+        per_cluster: false,
     }
+}
+
+/// A Kubernetes registry kind: translation reads it, no sink serves it.
+const fn registry(
+    group: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    required: &'static [&'static str],
+    name_rule: NameRule,
+) -> KindInfo {
+    KindInfo { group, kind, namespaced, encoding: Encoding::Kubernetes { required }, name_rule, per_cluster: true }
 }
 
 /// Every kind Keelson knows. Required Istio fields follow what istiod's own
@@ -97,20 +114,11 @@ pub const KINDS: &[KindInfo] = &[
     istio("telemetry.istio.io", "Telemetry", "istio.telemetry.v1alpha1.Telemetry", &[]),
     istio("extensions.istio.io", "WasmPlugin", "istio.extensions.v1alpha1.WasmPlugin", &["url"]),
     // kube-apiserver validates Service names as DNS-1035 labels (ValidateServiceName).
-    KindInfo {
-        group: "",
-        kind: "Service",
-        namespaced: true,
-        encoding: Encoding::Kubernetes { required: &["spec"] },
-        name_rule: NameRule::Dns1035Label,
-    },
-    KindInfo {
-        group: "discovery.k8s.io",
-        kind: "EndpointSlice",
-        namespaced: true,
-        encoding: Encoding::Kubernetes { required: &["addressType", "endpoints"] },
-        name_rule: NameRule::Dns1123Subdomain,
-    },
+    registry("", "Service", true, &["spec"], NameRule::Dns1035Label),
+    registry("discovery.k8s.io", "EndpointSlice", true, &["addressType", "endpoints"], NameRule::Dns1123Subdomain),
+    // Pods and Nodes are kept reduced to what translation reads (crate::reduce).
+    registry("", "Pod", true, &[], NameRule::Dns1123Subdomain),
+    registry("", "Node", false, &[], NameRule::Dns1123Subdomain),
 ];
 
 pub fn lookup(group: &str, kind: &str) -> Option<&'static KindInfo> {

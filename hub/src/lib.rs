@@ -7,8 +7,10 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod conflict;
 pub mod event;
 pub mod guard;
+mod handle;
 pub mod json;
 pub mod kinds;
 pub mod ledger;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod names;
 pub mod object;
 pub mod point;
+pub mod reduce;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

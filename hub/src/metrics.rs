@@ -22,6 +22,9 @@ pub struct Metrics {
     pub validation_errors: Family<SourceLabel, Counter>,
     pub source_up: Family<SourceLabel, Gauge>,
     pub deletions_held: Family<SourceLabel, Gauge>,
+    /// Config objects a source holds that a source listed before it holds
+    /// too (crate::conflict), by the losing source.
+    pub conflicts: Family<SourceLabel, Gauge>,
     /// Files a file source opened and read (an idle source reads none).
     pub file_reads: Family<SourceLabel, Counter>,
 }
@@ -36,6 +39,7 @@ impl Default for Metrics {
             validation_errors: Family::default(),
             source_up: Family::default(),
             deletions_held: Family::default(),
+            conflicts: Family::default(),
             file_reads: Family::default(),
         }
     }
@@ -54,6 +58,11 @@ impl Metrics {
             "deletions_held",
             "Deletions held by the mass-deletion guard until confirmed, by source",
             self.deletions_held.clone(),
+        );
+        r.register(
+            "conflicts",
+            "Config objects kept aside because a source listed earlier holds the same key, by losing source",
+            self.conflicts.clone(),
         );
         r.register("file_reads", "Files read by a file source, by source", self.file_reads.clone());
     }

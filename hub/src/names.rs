@@ -40,6 +40,12 @@ pub fn check_namespace(ns: &str) -> Result<(), String> {
     dns1123_label(ns).map_err(|why| format!("metadata.namespace {} is not a valid namespace: {why}", shown_name(ns)))
 }
 
+/// Keelson cluster names (`[[kubernetes]] name`) are DNS-1123 labels: they
+/// appear in keys after `@`, in metrics labels and in localities.
+pub fn check_cluster(cluster: &str) -> Result<(), String> {
+    dns1123_label(cluster).map_err(|why| format!("cluster name {} is invalid: {why}", shown_name(cluster)))
+}
+
 /// Checks a name under `rule`; the error says which rule and why.
 pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
     let outcome = match rule {

@@ -46,6 +46,20 @@ pub struct ValidObject {
 /// and MCP sends it.
 const KEPT_METADATA: &[&str] = &["name", "namespace", "labels", "annotations", "creationTimestamp"];
 
+/// Annotations that copy the object rather than configure it: kubectl's
+/// client-side apply keeps the whole last applied object in one, which
+/// would double every body and change with nothing that matters.
+const NOISE_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+fn drop_annotation_noise(meta: &mut Map<String, Value>) {
+    if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+        annotations.retain(|k, _| !NOISE_ANNOTATIONS.contains(&k.as_str()));
+        if annotations.is_empty() {
+            meta.remove("annotations");
+        }
+    }
+}
+
 /// [`parse_object_within`] the default [`Limits`].
 pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
     parse_object_within(value, &Limits::default())
@@ -105,14 +119,23 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
     }
     names::check_name(info.name_rule, &name)?;
     check_serving_metadata(&meta)?;
-    let mut canonical = obj.clone();
+    let reduced = crate::reduce::reduced(info.group, info.kind, obj);
+    let is_reduced = reduced.is_some();
+    let mut canonical = reduced.unwrap_or_else(|| obj.clone());
+    let meta = match canonical.get("metadata") {
+        Some(Value::Object(m)) if is_reduced => m.clone(),
+        _ => meta,
+    };
     let mut kept: Map<String, Value> = meta.into_iter().filter(|(k, _)| KEPT_METADATA.contains(&k.as_str())).collect();
+    drop_annotation_noise(&mut kept);
     kept.insert("name".into(), Value::String(name.clone()));
     if info.namespaced {
         kept.insert("namespace".into(), Value::String(namespace.clone()));
     }
     canonical.insert("metadata".into(), Value::Object(kept));
-    canonical.remove("status");
+    if !is_reduced {
+        canonical.remove("status");
+    }
     let key = ResourceKey::new(info.group, info.kind, &namespace, &name);
     let body = Body::from_value(&Value::Object(canonical));
     let size = encoded_len.unwrap_or(body.json().len());
@@ -269,6 +292,9 @@ mod tests {
         assert_eq!(o.key.to_string(), "networking.istio.io/VirtualService/default/r");
         let body = o.body.to_value();
         assert_eq!(body["metadata"], json!({ "name": "r", "namespace": "default" }));
+        let mut applied = v.clone();
+        applied["metadata"]["annotations"] = json!({ "kubectl.kubernetes.io/last-applied-configuration": "{…}" });
+        assert_eq!(parse_object(&applied).unwrap().body, o.body, "kubectl's copy of the object is noise");
         assert!(body.get("status").is_none());
         // A relist with another resourceVersion is the same body.
         let mut again = v.clone();

@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::HubError;
+use crate::conflict::{Conflicts, Verdict};
 use crate::event::{Event, Op, ResourceKey, SourceId};
-use crate::guard::{DeletionGuard, HeldDeletions, HeldReport};
+use crate::guard::{DeletionGuard, HeldDeletions};
+use crate::handle::{Command, Shared};
+pub use crate::handle::{HubHandle, Outcome, SourceHealth};
 use crate::metrics::Metrics;
 use crate::snapshot::{ChangeSet, Snapshot};
 use crate::state::{Applied, State};
@@ -55,138 +57,6 @@ impl Default for HubConfig {
             limits: crate::object::Limits::default(),
             deletion_guard: DeletionGuard::default(),
         }
-    }
-}
-
-/// What a source reports about itself.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct SourceHealth {
-    pub up: bool,
-    pub synced: bool,
-    pub last_error: Option<String>,
-    /// RFC 3339 time of the last change the source emitted.
-    pub last_event: Option<String>,
-    /// Current validation errors, e.g. `routes.yaml:12: spec.hosts is required`.
-    pub errors: Vec<String>,
-    /// Deletions the mass-deletion guard holds (crate::guard).
-    pub held_deletions: Option<HeldReport>,
-}
-
-/// The result of a submission.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Seqs the submission was appended at; `None` when nothing needed appending.
-    pub appended: Option<(u64, u64)>,
-    /// Resources created, updated or deleted.
-    pub changed: usize,
-    /// The config version after the submission.
-    pub version: u64,
-    /// Deletions the mass-deletion guard held back instead of applying.
-    pub held: usize,
-}
-
-struct Submission {
-    origin: SourceId,
-    ops: Vec<Op>,
-    /// Files whose objects a `SyncDone` in `ops` must not delete: the source
-    /// could not read them, which says nothing about their objects.
-    keep_files: Vec<String>,
-    reply: oneshot::Sender<Result<Outcome, HubError>>,
-}
-
-/// What the ingest task is asked to do.
-enum Command {
-    Submit(Submission),
-    /// Apply the deletions held for a source now (an operator confirmed them).
-    Confirm {
-        source: String,
-        reply: oneshot::Sender<Result<usize, HubError>>,
-    },
-}
-
-struct Shared {
-    store: EventStore,
-    limits: crate::object::Limits,
-    metrics: Metrics,
-    health: RwLock<BTreeMap<String, SourceHealth>>,
-    degraded: AtomicBool,
-}
-
-/// A cheap, cloneable handle to the running hub.
-#[derive(Clone)]
-pub struct HubHandle {
-    tx: mpsc::Sender<Command>,
-    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    shared: Arc<Shared>,
-}
-
-impl HubHandle {
-    /// Submits ops from one source; returns once they are durable and applied.
-    pub async fn submit(&self, origin: SourceId, ops: Vec<Op>) -> Result<Outcome, HubError> {
-        self.submit_keeping(origin, ops, Vec::new()).await
-    }
-
-    /// Like `submit`, for a listing that could not read some files: objects
-    /// whose location is in (or below, for a directory) one of `keep_files`
-    /// are not reconciled away.
-    pub async fn submit_keeping(
-        &self,
-        origin: SourceId,
-        ops: Vec<Op>,
-        keep_files: Vec<String>,
-    ) -> Result<Outcome, HubError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Submit(Submission { origin, ops, keep_files, reply }))
-            .await
-            .map_err(|_| HubError::Stopped)?;
-        rx.await.map_err(|_| HubError::Stopped)?
-    }
-
-    /// Applies the deletions the mass-deletion guard holds for `source`
-    /// (named as `/debug/sources` shows it) now; returns how many were held.
-    pub async fn confirm_deletions(&self, source: &str) -> Result<usize, HubError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Confirm { source: source.to_string(), reply }).await.map_err(|_| HubError::Stopped)?;
-        rx.await.map_err(|_| HubError::Stopped)?
-    }
-
-    /// Published snapshots; `None` until the hub is ready.
-    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
-        self.snapshots.clone()
-    }
-
-    pub fn current(&self) -> Option<Arc<Snapshot>> {
-        self.snapshots.borrow().clone()
-    }
-
-    pub fn update_health(&self, origin: &SourceId, f: impl FnOnce(&mut SourceHealth)) {
-        let mut all = self.shared.health.write().unwrap_or_else(|e| e.into_inner());
-        let h = all.entry(origin.to_string()).or_default();
-        f(h);
-        self.shared.metrics.source_up.get_or_create(&Metrics::source(&origin.to_string())).set(i64::from(h.up));
-    }
-
-    pub fn health(&self) -> BTreeMap<String, SourceHealth> {
-        self.shared.health.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// True when the first snapshot went out because `sync_timeout` passed.
-    pub fn degraded(&self) -> bool {
-        self.shared.degraded.load(Ordering::Relaxed)
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
-    pub fn store(&self) -> &EventStore {
-        &self.shared.store
-    }
-
-    /// The limits sources must validate objects against.
-    pub fn limits(&self) -> &crate::object::Limits {
-        &self.shared.limits
     }
 }
 
@@ -238,7 +108,6 @@ impl Hub {
             checkpointed: rebuilt.from_checkpoint,
             state: rebuilt.state,
             ready: warm || cfg.sources.is_empty(),
-            cfg,
             shared: shared.clone(),
             snap_tx,
             syncing: BTreeMap::new(),
@@ -248,6 +117,9 @@ impl Hub {
             published: None,
             checkpointing: None,
             held: HeldDeletions::default(),
+            conflicts: Conflicts::new(cfg.sources.clone()),
+            promotions: Vec::new(),
+            cfg,
         };
         if ingest.ready {
             // Warm restart (or nothing to wait for): serve the log's state
@@ -290,6 +162,10 @@ struct Ingest {
     checkpointed: u64,
     checkpointing: Option<tokio::task::JoinHandle<()>>,
     held: HeldDeletions,
+    conflicts: Conflicts,
+    /// Versions set aside that take over because their winner deleted its
+    /// own (crate::conflict), applied after the submission that caused it.
+    promotions: Vec<(SourceId, Op)>,
 }
 
 impl Ingest {
@@ -304,6 +180,7 @@ impl Ingest {
                     None => break,
                     Some(Command::Submit(sub)) => {
                         let outcome = self.ingest(sub.origin, sub.ops, &sub.keep_files, true).await;
+                        self.promote().await;
                         let _ = sub.reply.send(outcome);
                     }
                     Some(Command::Confirm { source, reply }) => {
@@ -314,6 +191,7 @@ impl Ingest {
                             }
                             None => Ok(0),
                         };
+                        self.promote().await;
                         let _ = reply.send(applied);
                     }
                 },
@@ -324,6 +202,7 @@ impl Ingest {
                             tracing::error!(source = %origin, "cannot apply held deletions: {e}");
                         }
                     }
+                    self.promote().await;
                 }
                 _ = tokio::time::sleep_until(publish_at.unwrap_or(sync_deadline)), if publish_at.is_some() => self.publish(),
                 _ = tokio::time::sleep_until(sync_deadline), if !self.ready => {
@@ -396,6 +275,7 @@ impl Ingest {
         };
         let mut out = Vec::with_capacity(ops.len());
         let mut released = false;
+        let mut conflicts_moved = false;
         for op in ops {
             match &op {
                 Op::Upsert { key, .. } if let Err(e) = crate::object::check_key(key) => {
@@ -412,21 +292,35 @@ impl Ingest {
                     if let Some(seen) = self.syncing.get_mut(&origin) {
                         seen.insert(key.clone());
                     }
-                    if !self.state.is_current(key, body) {
+                    let holder = self.state.resources.get(key).map(|e| &**e);
+                    let other_holder = holder.is_some_and(|h| h.origin != origin);
+                    if self.conflicts.upsert(key, &origin, &op, holder) == Verdict::SetAside {
+                        conflicts_moved = true;
+                        continue;
+                    }
+                    conflicts_moved |= other_holder;
+                    if !self.state.holds(key, &origin, body) {
                         out.push(op);
                     }
                 }
-                Op::Delete { key, .. } => {
-                    if self.state.resources.contains_key(key) {
-                        out.push(op);
+                Op::Delete { key, .. } => match self.state.resources.get(key) {
+                    Some(holder) => {
+                        if self.conflicts.may_delete(key, &origin, &holder.origin) {
+                            out.push(op);
+                        } else {
+                            conflicts_moved = true;
+                        }
                     }
-                }
+                    None => conflicts_moved |= self.conflicts.forget(key, &origin),
+                },
                 Op::SyncStart => {
                     self.syncing.insert(origin.clone(), HashSet::new());
                     out.push(op);
                 }
                 Op::SyncDone => {
                     if let Some(seen) = self.syncing.remove(&origin) {
+                        self.conflicts.forget_unlisted(&origin, &seen);
+                        conflicts_moved = true;
                         let queued: HashSet<&ResourceKey> = out.iter().filter_map(Op::key).collect();
                         let vanished: Vec<ResourceKey> = self
                             .state
@@ -438,7 +332,11 @@ impl Ingest {
                         if !vanished.is_empty() {
                             tracing::info!(source = %origin, deleted = vanished.len(), "objects gone from the source since the last sync");
                         }
-                        out.extend(vanished.into_iter().map(|key| Op::Delete { key, source_version: "resync".into() }));
+                        out.extend(vanished.into_iter().map(|key| Op::Delete {
+                            key,
+                            source_version: "resync".into(),
+                            author: String::new(),
+                        }));
                     }
                     self.synced.insert(origin.clone());
                     out.push(op);
@@ -449,6 +347,9 @@ impl Ingest {
         let held = if guarded { self.hold_mass_deletion(&origin, &mut out) } else { 0 };
         if held > 0 || released {
             self.report_held(&origin);
+        }
+        if conflicts_moved {
+            self.report_conflicts();
         }
         let mut outcome = Outcome { appended: None, changed: 0, version: self.state.version, held };
         if out.is_empty() {
@@ -472,7 +373,14 @@ impl Ingest {
             let changed_key = op.key().cloned();
             let ev = Event { seq: range.first + i as u64, at, origin: origin.clone(), op };
             let seq = ev.seq;
-            if self.state.apply(ev) != Applied::Unchanged {
+            let applied = self.state.apply(ev);
+            if applied == Applied::Deleted
+                && let Some(key) = &changed_key
+                && let Some(successor) = self.conflicts.successor(key)
+            {
+                self.promotions.push(successor);
+            }
+            if applied != Applied::Unchanged {
                 if let Some(kind) = kind {
                     self.kind_versions.insert(kind, seq);
                     self.changed_keys.extend(changed_key);
@@ -559,11 +467,39 @@ impl Ingest {
             .keys
             .into_iter()
             .filter(|k| self.state.resources.get(k).is_some_and(|e| &e.origin == origin))
-            .map(|key| Op::Delete { key, source_version: "mass-deletion confirmed".into() })
+            .map(|key| Op::Delete { key, source_version: "mass-deletion confirmed".into(), author: String::new() })
             .collect();
         let applied = self.ingest(origin.clone(), ops, &[], false).await;
         self.report_held(origin);
         applied.map(|_| count)
+    }
+
+    /// Applies the versions that take over from a deleted winner, each as
+    /// its own source's submission. Each one empties a slot aside, so this ends.
+    async fn promote(&mut self) {
+        while let Some((origin, op)) = self.promotions.pop() {
+            let key = op.key().map(ToString::to_string).unwrap_or_default();
+            tracing::info!(source = %origin, %key, "its holder deleted it: the version kept aside takes over");
+            if let Err(e) = self.ingest(origin.clone(), vec![op], &[], false).await {
+                tracing::error!(source = %origin, %key, "cannot apply the version kept aside: {e}");
+            }
+        }
+        self.report_conflicts();
+    }
+
+    /// Shows every configured source's lost conflicts in its health and metrics.
+    fn report_conflicts(&self) {
+        let holder = |k: &ResourceKey| self.state.resources.get(k).map(|e| e.origin.clone());
+        let mut all = self.shared.health.write().unwrap_or_else(|e| e.into_inner());
+        for source in self.conflicts.sources() {
+            let report = self.conflicts.report(source, holder);
+            let name = source.to_string();
+            let count = report.as_ref().map_or(0, |r| r.count);
+            self.shared.metrics.conflicts.get_or_create(&Metrics::source(&name)).set(count as i64);
+            if report.is_some() || all.get(&name).is_some_and(|h| h.conflicts.is_some()) {
+                all.entry(name).or_default().conflicts = report;
+            }
+        }
     }
 
     /// Shows a source's held deletions in its health and metrics.

@@ -105,6 +105,7 @@ mod tests {
             source_version: String::new(),
             body: Body::from_value(&serde_json::json!({ "spec": { "ports": [{ "port": 80 }] } })),
             location: String::new(),
+            author: String::new(),
         };
         state.apply(Event { seq: 1, at: SystemTime::UNIX_EPOCH, origin: SourceId::new(SourceKind::File, "f"), op });
         let snapshot = Snapshot::of(&state);

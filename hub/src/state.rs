@@ -141,14 +141,21 @@ impl State {
         self.resources.get(key).is_some_and(|e| e.body.hash() == body.hash())
     }
 
+    /// Does `origin` already hold exactly `body` at `key`? The same body
+    /// from another source still changes the object: its provenance, and
+    /// which source's listing reconciles it.
+    pub fn holds(&self, key: &ResourceKey, origin: &SourceId, body: &Body) -> bool {
+        self.resources.get(key).is_some_and(|e| e.body.hash() == body.hash() && &e.origin == origin)
+    }
+
     /// Applies one event, taking it by value so replay moves keys and bodies
     /// into the map instead of cloning them. Events must come in seq order.
     pub fn apply(&mut self, ev: Event) -> Applied {
         debug_assert!(ev.seq > self.seq, "event {} applied after {}", ev.seq, self.seq);
         self.seq = ev.seq;
         let applied = match ev.op {
-            Op::Upsert { key, source_version, body, location } => {
-                if self.is_current(&key, &body) {
+            Op::Upsert { key, source_version, body, location, .. } => {
+                if self.holds(&key, &ev.origin, &body) {
                     // Same content: the version does not move, so a relist is free.
                     return Applied::Unchanged;
                 }
@@ -211,6 +218,7 @@ mod tests {
             source_version: String::new(),
             body: Body::from_value(&serde_json::json!({ "v": v })),
             location: String::new(),
+            author: String::new(),
         }
     }
 
@@ -227,8 +235,14 @@ mod tests {
         assert_eq!(s.apply(ev(4, Op::SyncDone)), Applied::Unchanged);
         assert_eq!((s.seq, s.version), (4, 3), "markers do not move the config version");
         assert_eq!(s.counts[&(String::new(), "Service".to_string())], 1);
-        assert_eq!(s.apply(ev(5, Op::Delete { key: key.clone(), source_version: String::new() })), Applied::Deleted);
-        assert_eq!(s.apply(ev(6, Op::Delete { key, source_version: String::new() })), Applied::Unchanged);
+        assert_eq!(
+            s.apply(ev(5, Op::Delete { key: key.clone(), source_version: String::new(), author: String::new() })),
+            Applied::Deleted
+        );
+        assert_eq!(
+            s.apply(ev(6, Op::Delete { key, source_version: String::new(), author: String::new() })),
+            Applied::Unchanged
+        );
         assert!(s.resources.is_empty() && s.counts.is_empty());
         assert_eq!(s.version, 5);
     }
@@ -241,7 +255,13 @@ mod tests {
             v["metadata"]["creationTimestamp"] = serde_json::json!(t);
         }
         let o = crate::object::parse_object(&v).unwrap();
-        Op::Upsert { key: o.key, source_version: String::new(), body: o.body, location: String::new() }
+        Op::Upsert {
+            key: o.key,
+            source_version: String::new(),
+            body: o.body,
+            location: String::new(),
+            author: String::new(),
+        }
     }
 
     fn at(secs: u64, seq: u64, op: Op) -> Event {
@@ -260,7 +280,7 @@ mod tests {
         let stated = humantime::parse_rfc3339("2024-01-02T03:04:05Z").unwrap();
         assert_eq!(s.resources[&key].created_at, stated);
         // Deleted and created again: a new object, a new creation time.
-        s.apply(at(400, 4, Op::Delete { key: key.clone(), source_version: String::new() }));
+        s.apply(at(400, 4, Op::Delete { key: key.clone(), source_version: String::new(), author: String::new() }));
         s.apply(at(500, 5, vs("d", None)));
         assert_eq!(s.resources[&key].created_at, SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(500));
     }

@@ -118,6 +118,6 @@ impl EventStore {
     /// Stores `state` as a checkpoint so restarts replay only what follows.
     pub fn write_checkpoint(&self, state: &State) -> Result<(), HubError> {
         let blob = checkpoint::encode(state);
-        Ok(self.log.write_checkpoint(state.seq, checkpoint::FORMAT_V2, &blob)?)
+        Ok(self.log.write_checkpoint(state.seq, checkpoint::FORMAT_V3, &blob)?)
     }
 }

@@ -13,7 +13,13 @@ fn cluster(name: &str) -> Op {
     let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
         "spec": {"name": name, "type": "STATIC", "connect_timeout": "1s"}});
     let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert { key: v.key, source_version: String::new(), body: v.body, location: format!("{name}.yaml:1") }
+    Op::Upsert {
+        key: v.key,
+        source_version: String::new(),
+        body: v.body,
+        location: format!("{name}.yaml:1"),
+        author: String::new(),
+    }
 }
 
 /// A full listing of `names`, as a source sends after (re)connecting.
@@ -98,6 +104,7 @@ async fn relisting_releases_a_hold_and_an_operator_can_confirm_one() {
         .map(|n| Op::Delete {
             key: keelson_hub::ResourceKey::new("xds.keelson.dev", "Cluster", "", n),
             source_version: String::new(),
+            author: String::new(),
         })
         .collect();
     assert_eq!(h.submit(files.clone(), deletes).await.unwrap().held, 6);
@@ -117,6 +124,7 @@ async fn relisting_releases_a_hold_and_an_operator_can_confirm_one() {
     let del = Op::Delete {
         key: keelson_hub::ResourceKey::new("xds.keelson.dev", "Cluster", "", "solo"),
         source_version: String::new(),
+        author: String::new(),
     };
     assert_eq!(h.submit(api, vec![del]).await.unwrap().changed, 1);
     hub.stop().await.unwrap();

@@ -12,7 +12,13 @@ fn cluster(name: &str, timeout: &str) -> Op {
     let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": {"name": name},
         "spec": {"name": name, "type": "STATIC", "connect_timeout": timeout}});
     let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert { key: v.key, source_version: String::new(), body: v.body, location: String::new() }
+    Op::Upsert {
+        key: v.key,
+        source_version: String::new(),
+        body: v.body,
+        location: String::new(),
+        author: String::new(),
+    }
 }
 
 async fn after(hub: &HubHandle, version: u64) -> std::sync::Arc<Snapshot> {
@@ -50,7 +56,10 @@ async fn snapshots_carry_kind_versions_and_the_keys_changed_since_the_last() {
     // A kind nothing touched keeps the version the hub started from.
     assert_eq!(s2.kind_version(keelson_hub::kinds::ENVOY_GROUP, "Listener"), 0);
 
-    let gone = h.submit(api, vec![Op::Delete { key: key("a"), source_version: String::new() }]).await.unwrap();
+    let gone = h
+        .submit(api, vec![Op::Delete { key: key("a"), source_version: String::new(), author: String::new() }])
+        .await
+        .unwrap();
     let s3 = after(&h, gone.version).await;
     assert_eq!(s3.changes.since, Some(s2.version));
     assert_eq!(s3.changes.keys.iter().collect::<Vec<_>>(), [&key("a")], "deletions are changes too");

@@ -63,7 +63,7 @@ fn refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
 fn path_key((group, kind, namespace, name): (String, String, String, String)) -> ResourceKey {
     let group = if group == "core" { String::new() } else { group };
     let namespace = if namespace == "-" { String::new() } else { namespace };
-    ResourceKey { group, kind, namespace, name }
+    ResourceKey::new(&group, &kind, &namespace, &name)
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, String> {
@@ -102,7 +102,13 @@ async fn upsert(
     if object.key != key {
         return error(StatusCode::BAD_REQUEST, format!("the body is {} but the path names {key}", object.key));
     }
-    let op = Op::Upsert { key: key.clone(), source_version: String::new(), body: object.body, location: "api".into() };
+    let op = Op::Upsert {
+        key: key.clone(),
+        source_version: String::new(),
+        body: object.body,
+        location: "api".into(),
+        author: String::new(),
+    };
     match state.hub.submit(state.id.clone(), vec![op]).await {
         Ok(o) => {
             let seq = o.appended.map(|(_, last)| last);
@@ -122,7 +128,7 @@ async fn delete(
         return r;
     }
     let key = path_key(path);
-    let op = Op::Delete { key: key.clone(), source_version: String::new() };
+    let op = Op::Delete { key: key.clone(), source_version: String::new(), author: String::new() };
     match state.hub.submit(state.id.clone(), vec![op]).await {
         Ok(o) if o.changed == 0 => error(StatusCode::NOT_FOUND, format!("{key} does not exist")),
         Ok(o) => {

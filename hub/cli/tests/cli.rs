@@ -23,6 +23,7 @@ fn upsert(name: &str, hosts: &[&str]) -> Op {
         source_version: "rv1".into(),
         body: Body::from_value(&serde_json::json!({ "spec": { "hosts": hosts } })),
         location: format!("{name}.yaml:1"),
+        author: String::new(),
     }
 }
 
@@ -34,7 +35,9 @@ fn write_fixture(dir: &Path) {
         .append(&file, &[Op::SyncStart, upsert("reviews", &["reviews"]), upsert("ratings", &["ratings"]), Op::SyncDone])
         .unwrap();
     store.append(&file, &[upsert("reviews", &["reviews", "reviews.example"])]).unwrap();
-    store.append(&file, &[Op::Delete { key: vs("ratings"), source_version: "rv2".into() }]).unwrap();
+    store
+        .append(&file, &[Op::Delete { key: vs("ratings"), source_version: "rv2".into(), author: String::new() }])
+        .unwrap();
     let hub = SourceId::new(SourceKind::Hub, "xds");
     store
         .append(

@@ -77,19 +77,20 @@ impl Config {
             source_version: String::new(),
             body: valid.body,
             location: String::new(),
+            author: String::new(),
         });
         self
     }
 
     pub fn delete(&mut self, kind: &str, name: &str) -> &mut Self {
         let key = ResourceKey::new(keelson_hub::kinds::ENVOY_GROUP, kind, "", name);
-        self.apply(Op::Delete { key, source_version: String::new() });
+        self.apply(Op::Delete { key, source_version: String::new(), author: String::new() });
         self
     }
 
     /// Deletes any object by its key.
     pub fn delete_key(&mut self, key: ResourceKey) -> &mut Self {
-        self.apply(Op::Delete { key, source_version: String::new() });
+        self.apply(Op::Delete { key, source_version: String::new(), author: String::new() });
         self
     }
 

@@ -296,7 +296,7 @@ fn merge(files: &BTreeMap<String, Vec<FileObject>>) -> (BTreeMap<ResourceKey, Fi
 
 fn upsert(o: &FileObject) -> Op {
     let ValidObject { key, body } = o.object.clone();
-    Op::Upsert { key, source_version: String::new(), body, location: o.location.clone() }
+    Op::Upsert { key, source_version: String::new(), body, location: o.location.clone(), author: String::new() }
 }
 
 fn full_listing(desired: &BTreeMap<ResourceKey, FileObject>) -> Vec<Op> {
@@ -312,12 +312,11 @@ fn diff(submitted: &BTreeMap<ResourceKey, u128>, desired: &BTreeMap<ResourceKey,
         .filter(|(k, o)| submitted.get(*k) != Some(&o.object.body.hash()))
         .map(|(_, o)| upsert(o))
         .collect();
-    ops.extend(
-        submitted
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .map(|k| Op::Delete { key: k.clone(), source_version: String::new() }),
-    );
+    ops.extend(submitted.keys().filter(|k| !desired.contains_key(*k)).map(|k| Op::Delete {
+        key: k.clone(),
+        source_version: String::new(),
+        author: String::new(),
+    }));
     ops
 }
 
