@@ -144,7 +144,8 @@ impl SourceId {
 impl fmt::Display for SourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.as_str(), self.name)?;
-        if !self.cluster.is_empty() {
+        // A Kubernetes source is named after its cluster: `k8s/east`, not `k8s/east@east`.
+        if !self.cluster.is_empty() && self.cluster != self.name {
             write!(f, "@{}", self.cluster)?;
         }
         Ok(())

@@ -434,7 +434,8 @@ impl Ingest {
             .filter(|op| matches!(op, Op::Upsert { key, .. } if !self.state.resources.contains_key(key)))
             .count();
         let total = self.state.keys_from(origin).count();
-        let trips = self.cfg.deletion_guard.trips(total, deleting.len(), adding);
+        let trips = self.cfg.deletion_guard.trips(total, deleting.len(), adding)
+            || (origin.kind == crate::SourceKind::Kubernetes && self.kind_wipe(origin, &deleting, out));
         // A new mass deletion holds all of it; otherwise only what is held
         // already stays held (the source repeating a held deletion).
         let hold: HashSet<ResourceKey> =
@@ -457,6 +458,24 @@ impl Ingest {
             self.cfg.deletion_guard.max_delete_fraction * 100.0
         );
         count
+    }
+
+    /// Would this submission wipe most of one kind of a Kubernetes source?
+    /// A cluster relists kind by kind: one empty relist of VirtualServices
+    /// is a small part of a cluster that also holds 30,000 Pods, and still
+    /// the mass deletion the guard is for.
+    fn kind_wipe(&self, origin: &SourceId, deleting: &[ResourceKey], out: &[Op]) -> bool {
+        let kinds: BTreeSet<(&str, &str)> = deleting.iter().map(|k| (k.group.as_str(), k.kind.as_str())).collect();
+        kinds.into_iter().any(|(group, kind)| {
+            let of_kind = |k: &ResourceKey| k.group == group && k.kind == kind;
+            let held = self.state.keys_from(origin).filter(|k| of_kind(k)).count();
+            let gone = deleting.iter().filter(|k| of_kind(k)).count();
+            let adding = out
+                .iter()
+                .filter(|op| matches!(op, Op::Upsert { key, .. } if of_kind(key) && !self.state.resources.contains_key(key)))
+                .count();
+            self.cfg.deletion_guard.trips(held, gone, adding)
+        })
     }
 
     /// Deletes what is held for `origin` (due, or confirmed).

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod file;
+pub mod kubernetes;
 
 use std::future::Future;
 use std::pin::Pin;

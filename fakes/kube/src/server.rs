@@ -164,8 +164,12 @@ fn serve_api(app: &Arc<App>, method: &Method, path: &str, q: &HashMap<String, St
         return Err(ApiError::method_not_allowed());
     }
     let inner = app.store.lock();
-    let visible: Vec<&ResourceKind> =
-        inner.kinds.iter().filter(|k| !inner.faults.contains_key(&(k.group.clone(), k.resource.clone()))).collect();
+    // Discovery is open to every authenticated user (the system:discovery
+    // role), so a kind RBAC forbids is still listed; only an absent CRD is not.
+    let absent = |k: &&ResourceKind| {
+        inner.faults.get(&(k.group.clone(), k.resource.clone())) == Some(&crate::store::KindFault::Absent)
+    };
+    let visible: Vec<&ResourceKind> = inner.kinds.iter().filter(|k| !absent(k)).collect();
     let found = |v: Option<Value>| v.map(|v| json_response(200, &v)).ok_or_else(ApiError::path_not_found);
     let (group, version, rest) = match segments.as_slice() {
         ["api"] => return Ok(json_response(200, &discovery::api_versions(&app.addr.to_string()))),

@@ -40,6 +40,9 @@ struct ConfigFile {
     reconcile: ReconcileFile,
     #[serde(default)]
     mcp: McpFile,
+    /// Kubernetes clusters to watch, in precedence order (crate::kube_config).
+    #[serde(default)]
+    kubernetes: Vec<crate::kube_config::KubernetesFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,7 +144,7 @@ struct CheckpointFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
     File(PathBuf),
-    Kubernetes { context: Option<String> },
+    Kubernetes(Box<keelson_sources::kubernetes::KubernetesConfig>),
     Consul(String),
     Mcp(String),
 }
@@ -151,8 +154,10 @@ impl SourceSpec {
         let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
         Ok(match (kind, arg) {
             ("file", path) if !path.is_empty() => SourceSpec::File(base.join(path)),
-            ("k8s", "") => SourceSpec::Kubernetes { context: None },
-            ("k8s", ctx) => SourceSpec::Kubernetes { context: Some(ctx.into()) },
+            ("k8s", ctx) => {
+                let context = Some(ctx).filter(|c| !c.is_empty());
+                SourceSpec::Kubernetes(Box::new(crate::kube_config::from_flag(context)?))
+            }
             ("consul", url) if !url.is_empty() => SourceSpec::Consul(url.into()),
             ("mcp", url) if !url.is_empty() => SourceSpec::Mcp(url.into()),
             _ => bail!("{spec:?} is not a source: expected file:PATH, k8s[:CONTEXT], consul:URL or mcp:URL"),
@@ -215,9 +220,22 @@ impl ServeConfig {
             None => (ConfigFile::default(), PathBuf::new()),
         };
         let mut sources = cf.sources.iter().map(|s| SourceSpec::parse(s, &base)).collect::<Result<Vec<_>>>()?;
+        // Precedence (crate::conflict in the hub): `sources`, then the
+        // `[[kubernetes]]` sections in file order, then `--source` flags.
+        for section in &cf.kubernetes {
+            sources.push(SourceSpec::Kubernetes(Box::new(crate::kube_config::from_section(section, &base)?)));
+        }
         for s in &flags.sources {
             sources.push(SourceSpec::parse(s, Path::new(""))?);
         }
+        let clusters: Vec<_> = sources
+            .iter()
+            .filter_map(|s| match s {
+                SourceSpec::Kubernetes(k) => Some(&**k),
+                _ => None,
+            })
+            .collect();
+        crate::kube_config::check_unique(&clusters)?;
         let retention = Retention {
             max_age: cf.retention.max_age.as_deref().map(|t| duration("retention.max_age", t)).transpose()?,
             max_versions_per_key: cf.retention.max_versions_per_key,

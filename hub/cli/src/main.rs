@@ -4,6 +4,7 @@
 mod admin_client;
 mod config;
 mod inspect;
+mod kube_config;
 mod serve;
 mod status;
 

@@ -31,6 +31,9 @@ fn build_sources(cfg: &ServeConfig) -> Vec<Box<dyn Source>> {
                 fc.max_file_bytes = cfg.file_max_file_bytes;
                 sources.push(Box::new(FileSource::new(fc)));
             }
+            SourceSpec::Kubernetes(config) => {
+                sources.push(Box::new(keelson_sources::kubernetes::KubernetesSource::new((**config).clone())));
+            }
             other => tracing::warn!(source = ?other, "this build has no driver for this source kind yet; ignoring it"),
         }
     }
