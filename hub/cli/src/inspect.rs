@@ -64,7 +64,18 @@ fn value_line(v: &Value) -> String {
     let location =
         v["location"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({})", escaped(l))).unwrap_or_default();
     let seq = v["seq"].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
-    format!("{seq:>8}  {}  {:<24} {:<10} {detail}{location}", s("at"), origin(v), s("op"))
+    format!("{seq:>8}  {}  {:<24} {:<10} {detail}{location}{}", s("at"), origin(v), s("op"), provenance(v))
+}
+
+/// The source's own version and the author, when the source gave them:
+/// `  [rv 4711, by argocd-controller]`.
+fn provenance(v: &Value) -> String {
+    let field = |k: &str| v[k].as_str().filter(|t| !t.is_empty()).map(escaped);
+    let parts: Vec<String> = [field("source_version").map(|r| format!("rv {r}")), field("author").map(|a| format!("by {a}"))]
+        .into_iter()
+        .flatten()
+        .collect();
+    if parts.is_empty() { String::new() } else { format!("  [{}]", parts.join(", ")) }
 }
 
 pub fn log(
@@ -168,11 +179,12 @@ pub fn history(data_dir: &Path, key: &str, format: HistoryFormat, admin: Option<
                     .map(|l| format!(" from {}", escaped(l)))
                     .unwrap_or_default();
                 let header = format!(
-                    "=== seq {} {} {} by {}{loc}",
+                    "=== seq {} {} {} by {}{loc}{}",
                     v["seq"],
                     escaped(v["at"].as_str().unwrap_or_default()),
                     escaped(v["op"].as_str().unwrap_or_default()),
-                    origin(v)
+                    origin(v),
+                    provenance(v)
                 );
                 let current = match v.get("body") {
                     Some(body) => serde_yaml::to_string(body).unwrap_or_default(),
