@@ -48,6 +48,8 @@ pub(crate) fn control_routes() -> Router<Arc<App>> {
         .route("/_fake/fault", post(control_fault))
         .route("/_fake/touch", post(control_touch))
         .route("/_fake/generate", post(control_generate))
+        .route("/_fake/ca", axum::routing::get(control_ca))
+        .route("/_fake/client-cert", post(control_client_cert))
 }
 
 fn bad(message: String) -> Response {
@@ -150,6 +152,33 @@ async fn control_generate(State(app): State<Arc<App>>, body: axum::body::Bytes) 
     };
     match generate::generate(&app.store, &spec) {
         Ok(report) => json_response(200, &report),
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+/// The CA certificate (PEM, `text/plain`); 404 without TLS.
+async fn control_ca(State(app): State<Arc<App>>) -> Response {
+    use axum::response::IntoResponse;
+    match &app.tls {
+        Some(tls) => tls.ca_pem.clone().into_response(),
+        None => json_response(404, &json!({"error": "TLS is not enabled"})),
+    }
+}
+
+/// Body: `{"common_name": "alice", "organizations": ["system:masters"]}` (both optional);
+/// answers `{"cert_pem","key_pem"}` signed by the fake's CA. 404 without TLS.
+async fn control_client_cert(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let Some(tls) = &app.tls else {
+        return json_response(404, &json!({"error": "TLS is not enabled"}));
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let cn = v.get("common_name").and_then(Value::as_str).unwrap_or("admin");
+    let orgs: Vec<&str> = match v.get("organizations").and_then(Value::as_array) {
+        Some(list) => list.iter().filter_map(Value::as_str).collect(),
+        None => vec!["system:masters"],
+    };
+    match tls.issue_client_cert(cn, &orgs) {
+        Ok(c) => json_response(200, &json!({"cert_pem": c.cert_pem, "key_pem": c.key_pem})),
         Err(e) => bad(e.to_string()),
     }
 }

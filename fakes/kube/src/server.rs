@@ -55,8 +55,8 @@ pub(crate) struct App {
     pub store: Arc<Store>,
     addr: SocketAddr,
     bookmark_interval: Duration,
-    auth: Auth,
-    tls: Option<Arc<TlsState>>,
+    pub auth: Auth,
+    pub tls: Option<Arc<TlsState>>,
 }
 
 /// A running fake API server; dropping it stops serving.

@@ -143,9 +143,12 @@ async fn touch_changes_one_field_and_sends_one_modified() {
 async fn the_bin_serves_tls_with_a_token_writes_its_kubeconfig_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
+    let ca_file = dir.path().join("ca.crt");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fake-kube-apiserver"))
         .args(["--tls", "--token", "bin-token", "--bookmark-interval", "5", "--kubeconfig"])
         .arg(&kubeconfig)
+        .arg("--ca-file")
+        .arg(&ca_file)
         .args(["--generate", r#"{"services": 5, "namespaces": 1}"#])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -161,7 +164,15 @@ async fn the_bin_serves_tls_with_a_token_writes_its_kubeconfig_and_stops_on_sigt
     let ca = base64::engine::general_purpose::STANDARD
         .decode(kc["clusters"][0]["cluster"]["certificate-authority-data"].as_str().unwrap())
         .unwrap();
-    let tls = connector(std::str::from_utf8(&ca).unwrap(), None);
+    let ca = std::str::from_utf8(&ca).unwrap();
+    assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), ca);
+    let tls = connector(ca, None);
+    // The control API hands out the CA and client certificates, without credentials.
+    let (head, _) = https::request(&tls, addr, "GET", "/_fake/ca", &[], "").await;
+    assert_eq!(head.status, 200);
+    let (head, cert) = https::request(&tls, addr, "POST", "/_fake/client-cert", &[], r#"{"common_name":"x"}"#).await;
+    assert_eq!(head.status, 200);
+    assert!(cert["cert_pem"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     let ok = [("Authorization", "Bearer bin-token")];
     let (head, list) = https::request(&tls, addr, "GET", "/api/v1/services", &ok, "").await;
     assert_eq!((head.status, list["items"].as_array().map(Vec::len)), (200, Some(5)));

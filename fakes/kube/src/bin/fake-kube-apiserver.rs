@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! fake-kube-apiserver [--port N] [--tls] [--token T] [--client-certs] [--kubeconfig PATH]
-//!                     [--generate JSON] [--bookmark-interval SECS]
+//!                     [--ca-file PATH] [--generate JSON] [--bookmark-interval SECS]
 //! ```
+//! `--ca-file` writes the CA certificate (PEM) there; `GET /_fake/ca` serves it too.
 //! A bare number as the first argument is the port (the older form).
 #![forbid(unsafe_code)]
 
@@ -15,17 +16,18 @@ use std::time::Duration;
 use keelson_fake_kube::{Auth, FakeConfig, FakeKube, GenerateSpec, KubeconfigSpec, TlsConfig};
 
 const USAGE: &str = "usage: fake-kube-apiserver [--port N] [--tls] [--token T] [--client-certs] \
-                     [--kubeconfig PATH] [--generate JSON] [--bookmark-interval SECS]";
+                     [--kubeconfig PATH] [--ca-file PATH] [--generate JSON] [--bookmark-interval SECS]";
 
 struct Args {
     config: FakeConfig,
     kubeconfig: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     generate: Option<GenerateSpec>,
 }
 
 fn parse() -> Result<Args, String> {
     let mut config = FakeConfig::default();
-    let (mut kubeconfig, mut generate) = (None, None);
+    let (mut kubeconfig, mut ca_file, mut generate) = (None, None, None);
     let mut port = 0u16;
     let mut args = std::env::args().skip(1).peekable();
     if let Some(p) = args.peek().and_then(|a| a.parse().ok()) {
@@ -40,6 +42,7 @@ fn parse() -> Result<Args, String> {
             "--token" => config.auth.token = Some(value()?),
             "--client-certs" => config.auth.client_certs = true,
             "--kubeconfig" => kubeconfig = Some(PathBuf::from(value()?)),
+            "--ca-file" => ca_file = Some(PathBuf::from(value()?)),
             "--generate" => {
                 generate = Some(serde_json::from_str(&value()?).map_err(|e| format!("--generate: {e}"))?);
             }
@@ -55,7 +58,10 @@ fn parse() -> Result<Args, String> {
         return Err("--client-certs needs --tls".to_owned());
     }
     config.bind = SocketAddr::from(([127, 0, 0, 1], port));
-    Ok(Args { config, kubeconfig, generate })
+    if ca_file.is_some() && config.tls.is_none() {
+        return Err("--ca-file needs --tls".to_owned());
+    }
+    Ok(Args { config, kubeconfig, ca_file, generate })
 }
 
 #[tokio::main]
@@ -76,6 +82,9 @@ async fn main() -> std::io::Result<()> {
     if let Some(path) = &args.kubeconfig {
         let credentials = fake.default_credentials()?;
         fake.write_kubeconfig(path, &KubeconfigSpec::new("fake", credentials))?;
+    }
+    if let (Some(path), Some(ca)) = (&args.ca_file, fake.ca_pem()) {
+        std::fs::write(path, ca)?;
     }
     println!("{}", fake.url());
     if !open {
