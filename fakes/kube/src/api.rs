@@ -48,6 +48,7 @@ pub(crate) fn resolve<'a>(inner: &'a Inner, path: &ResourcePath, verb: &str) -> 
         Some(KindFault::Forbidden) => {
             Err(ApiError::forbidden(kind, verb, path.namespace.as_deref(), "system:serviceaccount:keelson:keelson"))
         }
+        Some(KindFault::Throttled { retry_after }) => Err(ApiError::too_many_requests(*retry_after)),
         None => Ok(kind),
     }
 }

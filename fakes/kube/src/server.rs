@@ -7,19 +7,22 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ListOptions, ResourcePath};
+use crate::auth::{self, Auth};
+use crate::control::control_routes;
 use crate::discovery;
 use crate::kinds::{ResourceKind, default_kinds};
 use crate::selector::{FieldSelector, LabelSelector, Selector};
 use crate::status::ApiError;
-use crate::store::Store;
+use crate::store::{KindFault, Store};
+use crate::tls::{ClientCert, Peer, TlsConfig, TlsError, TlsListener, TlsState};
 use crate::watch::{self, WatchParams};
 
 /// How to start a fake.
@@ -30,6 +33,10 @@ pub struct FakeConfig {
     /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK. The real
     /// server sends about one a minute; tests shorten it.
     pub bookmark_interval: Duration,
+    /// HTTPS with a CA and serving certificate made at start; `None` is plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// Which credentials the Kubernetes API paths require (`/_fake/*` stays open).
+    pub auth: Auth,
 }
 
 impl Default for FakeConfig {
@@ -38,14 +45,18 @@ impl Default for FakeConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             kinds: default_kinds(),
             bookmark_interval: Duration::from_secs(60),
+            tls: None,
+            auth: Auth::none(),
         }
     }
 }
 
-struct App {
-    store: Arc<Store>,
+pub(crate) struct App {
+    pub store: Arc<Store>,
     addr: SocketAddr,
     bookmark_interval: Duration,
+    pub auth: Auth,
+    pub tls: Option<Arc<TlsState>>,
 }
 
 /// A running fake API server; dropping it stops serving.
@@ -54,23 +65,49 @@ pub struct FakeKube {
     addr: SocketAddr,
     router: Router,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    pub(crate) tls: Option<Arc<TlsState>>,
+    pub(crate) auth: Auth,
 }
 
-fn spawn_serving(listener: TcpListener, router: Router) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+fn spawn_serving(listener: TcpListener, router: Router, tls: Option<&TlsState>) -> std::io::Result<JoinHandle<()>> {
+    let service = router.into_make_service_with_connect_info::<Peer>();
+    Ok(match tls {
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, service).await;
+        }),
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls.acceptor.clone())?;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, service).await;
+            })
+        }
     })
 }
 
 impl FakeKube {
+    /// Binds and serves. With TLS on, the CA and certificates are made here; client
+    /// certificate auth without TLS is an `InvalidInput` error.
     pub async fn start(config: FakeConfig) -> std::io::Result<Self> {
+        if config.auth.client_certs && config.tls.is_none() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "client-cert auth needs TLS"));
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(TlsState::new(t).map_err(std::io::Error::other)?)),
+            None => None,
+        };
         let listener = TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let store = Arc::new(Store::new(config.kinds));
-        let app = Arc::new(App { store: store.clone(), addr, bookmark_interval: config.bookmark_interval });
+        let app = Arc::new(App {
+            store: store.clone(),
+            addr,
+            bookmark_interval: config.bookmark_interval,
+            auth: config.auth.clone(),
+            tls: tls.clone(),
+        });
         let router = control_routes().fallback(kube_api).with_state(app);
-        let task = std::sync::Mutex::new(Some(spawn_serving(listener, router.clone())));
-        Ok(FakeKube { store, addr, router, task })
+        let task = std::sync::Mutex::new(Some(spawn_serving(listener, router.clone(), tls.as_deref())?));
+        Ok(FakeKube { store, addr, router, task, tls, auth: config.auth })
     }
 
     /// Down the hard way: the listening socket is closed, so new connections are
@@ -87,7 +124,7 @@ impl FakeKube {
     pub async fn accept_connections(&self) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
         let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = task.replace(spawn_serving(listener, self.router.clone())) {
+        if let Some(old) = task.replace(spawn_serving(listener, self.router.clone(), self.tls.as_deref())?) {
             old.abort();
         }
         drop(task);
@@ -99,9 +136,26 @@ impl FakeKube {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the kubeconfig `server` value.
+    /// `http(s)://127.0.0.1:PORT`, the kubeconfig `server` value.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA certificate (PEM) that signed the serving and client certificates.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// A client certificate + key for user `common_name` in group `system:masters`,
+    /// signed by the fake's CA (what `kubeadm` puts in `admin.conf`).
+    pub fn issue_client_cert(&self, common_name: &str) -> Result<ClientCert, TlsError> {
+        self.tls.as_ref().ok_or(TlsError::NotEnabled)?.issue_client_cert(common_name, &["system:masters"])
+    }
+
+    /// The accepted credentials.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     /// The control handle: upsert, delete, compact, faults.
@@ -118,13 +172,17 @@ impl Drop for FakeKube {
     }
 }
 
-fn json_response(code: u16, body: &Value) -> Response {
+pub(crate) fn json_response(code: u16, body: &Value) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 fn error_response(e: ApiError) -> Response {
-    json_response(e.code, &e.status)
+    let mut response = json_response(e.code, &e.status);
+    if let Some(secs) = e.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    response
 }
 
 fn parse_rv(s: Option<&String>) -> Result<Option<u64>, ApiError> {
@@ -136,10 +194,18 @@ fn parse_rv(s: Option<&String>) -> Result<Option<u64>, ApiError> {
 
 async fn kube_api(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    // Authentication comes before everything else, as the apiserver's filter chain runs it.
+    if !auth::is_public(uri.path())
+        && let Err(e) = auth::authenticate(&app.auth, app.tls.as_deref(), &headers, Some(&peer))
+    {
+        return error_response(e);
+    }
     match serve_api(&app, &method, uri.path(), &q) {
         Ok(r) => r,
         Err(e) => error_response(e),
@@ -165,9 +231,10 @@ fn serve_api(app: &Arc<App>, method: &Method, path: &str, q: &HashMap<String, St
     }
     let inner = app.store.lock();
     // Discovery is open to every authenticated user (the system:discovery
-    // role), so a kind RBAC forbids is still listed; only an absent CRD is not.
+    // role), so a kind RBAC forbids (or throttles) is still listed; only an
+    // absent CRD is not.
     let absent = |k: &&ResourceKind| {
-        inner.faults.get(&(k.group.clone(), k.resource.clone())) == Some(&crate::store::KindFault::Absent)
+        matches!(inner.faults.get(&(k.group.clone(), k.resource.clone())), Some(KindFault::Absent))
     };
     let visible: Vec<&ResourceKind> = inner.kinds.iter().filter(|k| !absent(k)).collect();
     let found = |v: Option<Value>| v.map(|v| json_response(200, &v)).ok_or_else(ApiError::path_not_found);
@@ -214,84 +281,4 @@ fn serve_api(app: &Arc<App>, method: &Method, path: &str, q: &HashMap<String, St
         .header(header::CONTENT_TYPE, "application/json")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-fn control_routes() -> Router<Arc<App>> {
-    use axum::routing::post;
-    Router::new()
-        .route("/_fake/objects", post(control_upsert))
-        .route("/_fake/delete", post(control_delete))
-        .route(
-            "/_fake/compact",
-            post(|State(a): State<Arc<App>>| async move {
-                json_response(200, &json!({"resourceVersion": a.store.compact().to_string()}))
-            }),
-        )
-        .route(
-            "/_fake/drop-watches",
-            post(|State(a): State<Arc<App>>| async move {
-                a.store.drop_watches();
-                json_response(200, &json!({}))
-            }),
-        )
-        .route(
-            "/_fake/down",
-            post(|State(a): State<Arc<App>>| async move {
-                a.store.set_down(true);
-                json_response(200, &json!({}))
-            }),
-        )
-        .route(
-            "/_fake/up",
-            post(|State(a): State<Arc<App>>| async move {
-                a.store.set_down(false);
-                json_response(200, &json!({}))
-            }),
-        )
-        .route("/_fake/fault", post(control_fault))
-}
-
-fn bad(message: String) -> Response {
-    json_response(400, &json!({"error": message}))
-}
-
-/// Body: one object, or an array of objects (bulk load).
-async fn control_upsert(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return bad(e.to_string()),
-    };
-    let result = match value {
-        Value::Array(objects) => app.store.bulk_load(objects).map(|n| json!({"changed": n})),
-        object => app.store.upsert(object).map(|rv| json!({"resourceVersion": rv.map(|r| r.to_string())})),
-    };
-    match result {
-        Ok(v) => json_response(200, &v),
-        Err(e) => bad(e.to_string()),
-    }
-}
-
-/// Body: `{"apiVersion","kind","namespace","name"}`.
-async fn control_delete(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let field = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
-    match app.store.delete(&field("apiVersion"), &field("kind"), &field("namespace"), &field("name")) {
-        Ok(rv) => json_response(200, &json!({"resourceVersion": rv.map(|r| r.to_string())})),
-        Err(e) => bad(e.to_string()),
-    }
-}
-
-/// Body: `{"group","resource","fault": "forbidden" | "absent" | null}`.
-async fn control_fault(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    use crate::store::KindFault;
-    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let field = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let fault = match v.get("fault").and_then(Value::as_str) {
-        Some("forbidden") => Some(KindFault::Forbidden),
-        Some("absent") => Some(KindFault::Absent),
-        None => None,
-        Some(other) => return bad(format!("unknown fault {other}")),
-    };
-    app.store.set_fault(&field("group"), &field("resource"), fault);
-    json_response(200, &json!({}))
 }

@@ -10,6 +10,8 @@ use crate::kinds::ResourceKind;
 pub struct ApiError {
     pub code: u16,
     pub status: Value,
+    /// The `Retry-After` header (seconds) that goes with a 429.
+    pub retry_after: Option<u64>,
 }
 
 fn status(code: u16, reason: &str, message: String, details: Value) -> ApiError {
@@ -20,7 +22,7 @@ fn status(code: u16, reason: &str, message: String, details: Value) -> ApiError 
     if !details.is_null() {
         body["details"] = details;
     }
-    ApiError { code, status: body }
+    ApiError { code, status: body, retry_after: None }
 }
 
 fn details(kind: &ResourceKind, name: Option<&str>) -> Value {
@@ -73,6 +75,21 @@ impl ApiError {
     /// (`watch_cache.go`: "too old resource version: %d (%d)").
     pub fn too_old(requested: u64, oldest_minus_one: u64) -> Self {
         status(410, "Expired", format!("too old resource version: {requested} ({oldest_minus_one})"), Value::Null)
+    }
+
+    /// No valid credentials: the authentication filter's answer (`endpoints/handlers/
+    /// responsewriters` `UnauthorizedError`), a bare "Unauthorized" Status.
+    pub fn unauthorized() -> Self {
+        status(401, "Unauthorized", "Unauthorized".into(), Value::Null)
+    }
+
+    /// `apierrors.NewTooManyRequests`, as API priority and fairness rejects a request:
+    /// HTTP 429, `Retry-After`, and `details.retryAfterSeconds`.
+    pub fn too_many_requests(retry_after: u64) -> Self {
+        let msg = "Too many requests, please try again later.".to_owned();
+        let mut e = status(429, "TooManyRequests", msg, json!({"retryAfterSeconds": retry_after}));
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn bad_request(message: String) -> Self {

@@ -24,8 +24,8 @@ pub struct StoredEvent {
     pub rv: u64,
     pub kind: KindKey,
     pub key: ObjectKey,
-    pub object: Value,
-    pub previous: Option<Value>,
+    pub object: Arc<Value>,
+    pub previous: Option<Arc<Value>>,
     pub deleted: bool,
 }
 
@@ -36,7 +36,14 @@ pub enum KindFault {
     Forbidden,
     /// The kind is gone from discovery and its paths 404, as when a CRD is not installed.
     Absent,
+    /// Requests for the kind get 429 TooManyRequests with `Retry-After` (API priority and
+    /// fairness rejecting a request, `apierrors.NewTooManyRequests`). Open watches go on.
+    Throttled { retry_after: u64 },
 }
+
+/// The field manager of objects written without `?fieldManager=`: what
+/// `kubectl apply` (client-side) records, the commonest writer of hand-made objects.
+pub const DEFAULT_FIELD_MANAGER: &str = "kubectl-client-side-apply";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +51,10 @@ pub enum StoreError {
     MissingField(&'static str),
     #[error("no served kind {kind} in {api_version}")]
     UnknownKind { api_version: String, kind: String },
+    #[error("no {kind} {namespace}/{name}")]
+    NotFound { kind: String, namespace: String, name: String },
+    #[error("invalid JSON pointer {0} for this object")]
+    BadPointer(String),
 }
 
 pub(crate) struct Inner {
@@ -51,7 +62,7 @@ pub(crate) struct Inner {
     pub rv: u64,
     /// History holds exactly the events with RV in (compacted_rv, rv].
     pub compacted_rv: u64,
-    pub objects: HashMap<KindKey, BTreeMap<ObjectKey, Value>>,
+    pub objects: HashMap<KindKey, BTreeMap<ObjectKey, Arc<Value>>>,
     pub history: Vec<Arc<StoredEvent>>,
     pub faults: HashMap<KindKey, KindFault>,
     pub down: bool,
@@ -67,7 +78,7 @@ pub struct Store {
     pulse: watch::Sender<u64>,
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), so no date crate is needed.
@@ -93,12 +104,19 @@ impl Inner {
         self.kinds.iter().find(|k| k.group == group && k.resource == resource && k.serves(version))
     }
 
-    fn record(&mut self, kind: KindKey, key: ObjectKey, object: Value, previous: Option<Value>, deleted: bool) {
+    fn record(
+        &mut self,
+        kind: KindKey,
+        key: ObjectKey,
+        object: Arc<Value>,
+        previous: Option<Arc<Value>>,
+        deleted: bool,
+    ) {
         let rv = self.rv;
         self.history.push(Arc::new(StoredEvent { rv, kind, key, object, previous, deleted }));
     }
 
-    fn upsert(&mut self, mut object: Value) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn upsert(&mut self, mut object: Value, manager: &str) -> Result<Option<u64>, StoreError> {
         let api_version =
             object.get("apiVersion").and_then(Value::as_str).ok_or(StoreError::MissingField("apiVersion"))?;
         let kind_name = object.get("kind").and_then(Value::as_str).ok_or(StoreError::MissingField("kind"))?;
@@ -134,32 +152,56 @@ impl Inner {
             meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{:012x}", self.next_uid)));
         }
         meta.entry("creationTimestamp").or_insert_with(|| json!(now_rfc3339()));
-        // An update that changes nothing is a no-op in the apiserver: no new RV, no event.
-        if let Some(prev) = &previous {
-            meta.insert("resourceVersion".into(), prev["metadata"]["resourceVersion"].clone());
-            if *prev == object {
-                return Ok(None);
+        // generation and managedFields are the server's: an update starts from the stored
+        // ones (a writer may replace managedFields explicitly, as the apiserver allows).
+        match old_meta.and_then(|m| m.get("generation")) {
+            Some(g) => {
+                meta.insert("generation".into(), g.clone());
+            }
+            None => {
+                meta.entry("generation").or_insert(json!(1));
             }
         }
+        if !meta.contains_key("managedFields")
+            && let Some(mf) = old_meta.and_then(|m| m.get("managedFields"))
+        {
+            meta.insert("managedFields".into(), mf.clone());
+        }
+        // An update that changes nothing is a no-op in the apiserver: no new RV, no event,
+        // and managedFields keep their timestamps.
+        if let Some(prev) = &previous {
+            meta.insert("resourceVersion".into(), prev["metadata"]["resourceVersion"].clone());
+            if **prev == object {
+                return Ok(None);
+            }
+            // Strategies bump metadata.generation when the spec changes (for CRDs: anything
+            // but metadata and status, apiextensions-apiserver `customresource/strategy.go`).
+            if spec_changed(prev, &object) {
+                let next = prev["metadata"]["generation"].as_u64().unwrap_or(0) + 1;
+                object["metadata"]["generation"] = json!(next);
+            }
+        }
+        set_managed_fields(&mut object, manager);
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let object = Arc::new(object);
         self.objects.entry(kind_key.clone()).or_default().insert(key.clone(), object.clone());
         self.record(kind_key, key, object, previous, false);
         Ok(Some(self.rv))
     }
 
     fn delete(&mut self, kind_key: &KindKey, key: &ObjectKey) -> Option<u64> {
-        let mut last = self.objects.get_mut(kind_key)?.remove(key)?;
+        let previous = self.objects.get_mut(kind_key)?.remove(key)?;
         self.rv += 1;
-        let previous = last.clone();
+        let mut last = (*previous).clone();
         last["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(kind_key.clone(), key.clone(), last, Some(previous), true);
+        self.record(kind_key.clone(), key.clone(), Arc::new(last), Some(previous), true);
         Some(self.rv)
     }
 
     /// The objects of a kind as they were at `rv` (≥ compacted_rv), rebuilt by undoing
     /// later events; paged LISTs read every page at the first page's revision, as etcd does.
-    pub fn objects_at(&self, kind_key: &KindKey, rv: u64) -> BTreeMap<ObjectKey, Value> {
+    pub fn objects_at(&self, kind_key: &KindKey, rv: u64) -> BTreeMap<ObjectKey, Arc<Value>> {
         let mut objects = self.objects.get(kind_key).cloned().unwrap_or_default();
         let start = self.history.partition_point(|e| e.rv <= rv);
         for event in self.history[start..].iter().rev().filter(|e| &e.kind == kind_key) {
@@ -202,19 +244,30 @@ impl Store {
 
     /// Creates or updates an object (identified by apiVersion, kind, namespace, name).
     /// Returns its new resourceVersion, or `None` when nothing changed.
+    /// The writer is [`DEFAULT_FIELD_MANAGER`]; see [`Store::upsert_as`].
     pub fn upsert(&self, object: Value) -> Result<Option<u64>, StoreError> {
-        let rv = self.lock().upsert(object)?;
+        self.upsert_as(object, DEFAULT_FIELD_MANAGER)
+    }
+
+    /// [`Store::upsert`] by the field manager `manager`, whose `managedFields` entry it sets.
+    pub fn upsert_as(&self, object: Value, manager: &str) -> Result<Option<u64>, StoreError> {
+        let rv = self.lock().upsert(object, manager)?;
         self.wake();
         Ok(rv)
     }
 
     /// Upserts many objects under one lock; stops at the first invalid one.
     pub fn bulk_load(&self, objects: Vec<Value>) -> Result<usize, StoreError> {
+        self.bulk_load_as(objects, DEFAULT_FIELD_MANAGER)
+    }
+
+    /// [`Store::bulk_load`] by the field manager `manager`.
+    pub fn bulk_load_as(&self, objects: Vec<Value>, manager: &str) -> Result<usize, StoreError> {
         let mut changed = 0;
         let result = {
             let mut inner = self.lock();
             objects.into_iter().try_for_each(|o| {
-                changed += usize::from(inner.upsert(o)?.is_some());
+                changed += usize::from(inner.upsert(o, manager)?.is_some());
                 Ok(())
             })
         };
@@ -239,6 +292,39 @@ impl Store {
             let ns = if k.namespaced { namespace } else { "" };
             let kind_key = (k.group.clone(), k.resource.clone());
             inner.delete(&kind_key, &(ns.to_owned(), name.to_owned()))
+        };
+        self.wake();
+        Ok(rv)
+    }
+
+    /// Sets one field of one stored object (`pointer` is a JSON pointer such as
+    /// `/status/containerStatuses/0/restartCount`; the last step may be a new key) and
+    /// writes it back as `manager`: one new RV and one MODIFIED event, nothing else changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_field(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        pointer: &str,
+        value: Value,
+        manager: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let rv = {
+            let mut inner = self.lock();
+            let k = inner.kind_for(api_version, kind).ok_or_else(|| StoreError::UnknownKind {
+                api_version: api_version.to_owned(),
+                kind: kind.to_owned(),
+            })?;
+            let ns = if k.namespaced { namespace } else { "" };
+            let kind_key = (k.group.clone(), k.resource.clone());
+            let not_found =
+                || StoreError::NotFound { kind: kind.to_owned(), namespace: ns.to_owned(), name: name.to_owned() };
+            let stored = inner.objects.get(&kind_key).and_then(|m| m.get(&(ns.to_owned(), name.to_owned())));
+            let mut object = (**stored.ok_or_else(not_found)?).clone();
+            set_pointer(&mut object, pointer, value)?;
+            inner.upsert(object, manager)?
         };
         self.wake();
         Ok(rv)
@@ -294,4 +380,49 @@ impl Store {
     pub fn kinds(&self) -> Vec<ResourceKind> {
         self.lock().kinds.clone()
     }
+}
+
+/// Whether anything but metadata and status differs.
+fn spec_changed(before: &Value, after: &Value) -> bool {
+    let rest = |v: &Value| -> Vec<(String, Value)> {
+        let map = v.as_object().into_iter().flat_map(|m| m.iter());
+        map.filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    rest(before) != rest(after)
+}
+
+/// The apiserver's field manager for an Update: one entry per (manager, operation),
+/// newest last (`fieldmanager/internal/managedfieldsupdater.go`). The fake does not
+/// compute field sets, so `fieldsV1` is empty.
+fn set_managed_fields(object: &mut Value, manager: &str) {
+    let api_version = object["apiVersion"].clone();
+    let meta = &mut object["metadata"];
+    let mut entries: Vec<Value> = meta["managedFields"].as_array().cloned().unwrap_or_default();
+    entries.retain(|e| !(e["manager"] == manager && e["operation"] == "Update"));
+    entries.push(json!({
+        "manager": manager, "operation": "Update", "apiVersion": api_version,
+        "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {},
+    }));
+    meta["managedFields"] = Value::Array(entries);
+}
+
+/// RFC 6901 assignment: every step but the last must exist; the last may add a key
+/// or replace an array element.
+fn set_pointer(object: &mut Value, pointer: &str, value: Value) -> Result<(), StoreError> {
+    let bad = || StoreError::BadPointer(pointer.to_owned());
+    let (parent, last) = pointer.rsplit_once('/').ok_or_else(bad)?;
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match object.pointer_mut(parent).ok_or_else(bad)? {
+        Value::Object(map) => {
+            map.insert(last, value);
+        }
+        Value::Array(items) => {
+            let slot = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)).ok_or_else(bad)?;
+            *slot = value;
+        }
+        _ => return Err(bad()),
+    }
+    Ok(())
 }

@@ -86,6 +86,11 @@ async fn selectors_namespaces_and_errors() {
     let (code, status) = get(f.addr(), "/api/v1/services").await;
     assert_eq!((code, status["reason"].as_str()), (403, Some("Forbidden")));
     assert!(status["message"].as_str().unwrap().contains("cannot list resource \"services\""));
+    // Discovery stays open to every authenticated user (system:discovery):
+    // RBAC refusing a kind does not hide it.
+    let (code, core) = get(f.addr(), "/api/v1").await;
+    assert_eq!(code, 200);
+    assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "services"), "{core}");
     f.store().set_down(true);
     assert_eq!(get(f.addr(), "/api/v1/pods").await.0, 503);
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use keelson_fake_kube::{FakeConfig, FakeKube};
+use keelson_fake_kube::{Auth, Credentials, FakeConfig, FakeKube, KubeconfigSpec, TlsConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -199,4 +199,70 @@ async fn python_client_watch_survives_compaction() {
     assert_eq!(done["type"], "ADDED");
     let status = timeout(DEADLINE, child.wait()).await.expect("client did not exit").unwrap();
     assert!(status.success());
+}
+
+const TOKEN: &str = "real-client-token";
+
+/// A TLS fake taking the token and client certificates, with one kubeconfig per way in.
+async fn tls_cluster() -> (Cluster, tempfile::TempDir) {
+    let config = FakeConfig {
+        tls: Some(TlsConfig::default()),
+        auth: Auth::token(TOKEN).with_client_certs(),
+        ..FakeConfig::default()
+    };
+    let fake = FakeKube::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("token.yaml");
+    fake.write_kubeconfig(&kubeconfig, &KubeconfigSpec::new("fake", Credentials::Token(TOKEN.into()))).unwrap();
+    let cert = fake.issue_client_cert("kubectl-user").unwrap();
+    let others = [
+        ("wrong.yaml", Credentials::Token("wrong-token".into())),
+        ("file.yaml", Credentials::TokenFile(TOKEN.into())),
+        ("cert.yaml", Credentials::ClientCert(cert)),
+    ];
+    for (name, credentials) in others {
+        fake.write_kubeconfig(&dir.path().join(name), &KubeconfigSpec::new("fake", credentials)).unwrap();
+    }
+    let store = fake.store();
+    store.upsert(object("v1", "Service", "default", "reviews")).unwrap();
+    store.upsert(object("v1", "Service", "istio-system", "istiod")).unwrap();
+    (Cluster { fake, _dir: tempfile::tempdir().unwrap(), kubeconfig }, dir)
+}
+
+#[tokio::test]
+async fn kubectl_over_tls_with_a_token_a_token_file_and_a_client_certificate() {
+    let (mut c, dir) = tls_cluster().await;
+    for name in ["token.yaml", "file.yaml", "cert.yaml"] {
+        c.kubeconfig = dir.path().join(name);
+        let table = c.kubectl_ok(&["get", "services", "-A"]).await;
+        assert!(table.lines().any(|l| l.starts_with("default") && l.contains("reviews")), "{name}: {table}");
+        assert!(table.lines().any(|l| l.starts_with("istio-system") && l.contains("istiod")), "{name}: {table}");
+    }
+    c.kubeconfig = dir.path().join("wrong.yaml");
+    let out = timeout(DEADLINE, c.kubectl(&["get", "services", "-A"]).output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("error: You must be logged in to the server (Unauthorized)"), "{stderr}");
+    assert_eq!(c.fake.url(), format!("https://{}", c.fake.addr()));
+}
+
+async fn python_list(mode: &str, where_: &Path, env: &[(&str, &str)]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/list_services.py");
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(script).arg(mode).arg(where_).envs(env.iter().copied()).kill_on_drop(true);
+    let out = timeout(DEADLINE, cmd.output()).await.expect("python client timed out").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn python_client_over_tls_from_a_kubeconfig_and_in_cluster() {
+    let (c, dir) = tls_cluster().await;
+    let names = json!(["istiod", "reviews"]);
+    assert_eq!(python_list("kubeconfig", &dir.path().join("token.yaml"), &[]).await, names);
+    assert_eq!(python_list("kubeconfig", &dir.path().join("cert.yaml"), &[]).await, names);
+    assert_eq!(python_list("kubeconfig", &dir.path().join("wrong.yaml"), &[]).await["status"], 401);
+    let sa = c.fake.write_service_account(&dir.path().join("sa"), "keelson", None).unwrap();
+    let env = [("KUBERNETES_SERVICE_HOST", sa.host.as_str()), ("KUBERNETES_SERVICE_PORT", sa.port.as_str())];
+    assert_eq!(python_list("incluster", &sa.dir, &env).await, names);
 }

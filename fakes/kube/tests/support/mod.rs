@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -23,10 +23,25 @@ impl Head {
     }
 }
 
+pub mod https;
+
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> (Head, BufReader<TcpStream>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    send_on(stream, &addr.to_string(), method, path, &[], body).await
+}
+
+/// One request on an open stream (plain or TLS), with extra headers.
+pub async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (Head, BufReader<S>) {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -50,7 +65,12 @@ async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> (Head, 
 
 /// A whole response: status, headers and the body parsed as JSON.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (Head, Value) {
-    let (head, mut reader) = send(addr, method, path, body).await;
+    let (head, reader) = send(addr, method, path, body).await;
+    read_body(head, reader).await
+}
+
+/// Reads the rest of a response (chunked or not) and parses it as JSON.
+pub async fn read_body<S: AsyncRead + Unpin>(head: Head, mut reader: BufReader<S>) -> (Head, Value) {
     let mut raw = Vec::new();
     if head.header("transfer-encoding") == Some("chunked") {
         let mut body = ChunkedLines { reader, buf: Vec::new(), done: false };
@@ -69,13 +89,17 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
 }
 
 /// Decodes a chunked body and yields it line by line (a watch event per line).
-pub struct ChunkedLines {
-    reader: BufReader<TcpStream>,
+pub struct ChunkedLines<S = TcpStream> {
+    reader: BufReader<S>,
     buf: Vec<u8>,
     done: bool,
 }
 
-impl ChunkedLines {
+impl<S: AsyncRead + Unpin> ChunkedLines<S> {
+    pub fn new(reader: BufReader<S>) -> Self {
+        ChunkedLines { reader, buf: Vec::new(), done: false }
+    }
+
     /// The next newline-terminated line, or `None` at the end of the stream.
     pub async fn next_line(&mut self) -> Option<String> {
         loop {
