@@ -14,7 +14,7 @@
 //! is open is buffered until it closes.
 //!
 //! Failures keep things. A stream that cannot list because of a permanent
-//! error (403 RBAC, 404 CRD absent, 401) does not hold a listing up, and its
+//! error of its own (403 RBAC, 404 CRD absent) does not hold a listing up, and its
 //! objects are kept, not deleted; an object that does not validate is
 //! reported and its last good version kept. An API server that cannot be
 //! reached holds the first listing (the hub waits `sync_timeout`, or serves

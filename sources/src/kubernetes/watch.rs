@@ -39,7 +39,9 @@ pub enum Msg {
     Changed(StreamId, Result<Op, Invalid>),
     Deleted(StreamId, Op),
     /// The stream failed; `permanent` when retrying will not help without
-    /// an operator (401, 403, 404), so a listing need not wait for it.
+    /// an operator and the failure is this kind's alone (403 RBAC, 404), so
+    /// a listing need not wait for it. A 401 is the whole cluster's
+    /// credentials: like an outage, it holds the listing.
     Failed { stream: StreamId, error: String, permanent: bool },
     /// The kind's CRD is not installed.
     Absent(StreamId),
@@ -144,7 +146,7 @@ fn describe_client(e: &kube::Error) -> (String, bool) {
         kube::Error::Api(status) => {
             let reason = status.reason.as_str();
             let text = format!("{} {}: {}", status.code, reason, status.message);
-            (text, matches!(status.code, 401 | 403 | 404))
+            (text, matches!(status.code, 403 | 404))
         }
         other => (other.to_string(), false),
     }

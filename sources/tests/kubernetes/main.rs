@@ -5,3 +5,4 @@ mod harness;
 mod listing;
 mod faults;
 mod clusters;
+mod credentials;
