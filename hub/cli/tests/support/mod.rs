@@ -23,11 +23,17 @@ pub struct Serve {
 impl Serve {
     /// Starts `keelson serve` with `args` and waits for its "serving" line.
     pub fn start(data_dir: &Path, args: &[&str]) -> Serve {
+        Self::start_env(data_dir, args, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables.
+    pub fn start_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keelson"))
             .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"])
             .args(["--grpc-listen", "127.0.0.1:0"])
             .args(args)
             .env("KEELSON_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
