@@ -6,3 +6,4 @@ mod listing;
 mod faults;
 mod clusters;
 mod credentials;
+mod rbac;
