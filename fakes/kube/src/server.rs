@@ -233,9 +233,8 @@ fn serve_api(app: &Arc<App>, method: &Method, path: &str, q: &HashMap<String, St
     // Discovery is open to every authenticated user (the system:discovery
     // role), so a kind RBAC forbids (or throttles) is still listed; only an
     // absent CRD is not.
-    let absent = |k: &&ResourceKind| {
-        matches!(inner.faults.get(&(k.group.clone(), k.resource.clone())), Some(KindFault::Absent))
-    };
+    let absent =
+        |k: &&ResourceKind| matches!(inner.faults.get(&(k.group.clone(), k.resource.clone())), Some(KindFault::Absent));
     let visible: Vec<&ResourceKind> = inner.kinds.iter().filter(|k| !absent(k)).collect();
     let found = |v: Option<Value>| v.map(|v| json_response(200, &v)).ok_or_else(ApiError::path_not_found);
     let (group, version, rest) = match segments.as_slice() {

@@ -71,10 +71,11 @@ fn value_line(v: &Value) -> String {
 /// `  [rv 4711, by argocd-controller]`.
 fn provenance(v: &Value) -> String {
     let field = |k: &str| v[k].as_str().filter(|t| !t.is_empty()).map(escaped);
-    let parts: Vec<String> = [field("source_version").map(|r| format!("rv {r}")), field("author").map(|a| format!("by {a}"))]
-        .into_iter()
-        .flatten()
-        .collect();
+    let parts: Vec<String> =
+        [field("source_version").map(|r| format!("rv {r}")), field("author").map(|a| format!("by {a}"))]
+            .into_iter()
+            .flatten()
+            .collect();
     if parts.is_empty() { String::new() } else { format!("  [{}]", parts.join(", ")) }
 }
 

@@ -46,7 +46,10 @@ pub fn from_section(section: &KubernetesFile, base: &Path) -> Result<KubernetesC
         let dir = section.service_account_dir.as_ref().map_or_else(|| SERVICE_ACCOUNT_DIR.into(), |d| base.join(d));
         Connection::InCluster { dir }
     } else {
-        Connection::Kubeconfig { path: section.kubeconfig.as_ref().map(|p| base.join(p)), context: section.context.clone() }
+        Connection::Kubeconfig {
+            path: section.kubeconfig.as_ref().map(|p| base.join(p)),
+            context: section.context.clone(),
+        }
     };
     let name = match &section.name {
         Some(name) => name.clone(),
@@ -56,7 +59,8 @@ pub fn from_section(section: &KubernetesFile, base: &Path) -> Result<KubernetesC
     config.namespaces = section.namespaces.clone();
     config.label_selector = section.label_selector.clone().filter(|s| !s.is_empty());
     if !section.kinds.is_empty() {
-        config.kinds = kube_config::parse_kinds(&section.kinds).map_err(|e| anyhow::anyhow!("[[kubernetes]] {name}: {e}"))?;
+        config.kinds =
+            kube_config::parse_kinds(&section.kinds).map_err(|e| anyhow::anyhow!("[[kubernetes]] {name}: {e}"))?;
     }
     if let Some(t) = &section.crd_recheck {
         config.crd_recheck = humantime::parse_duration(t)
@@ -137,7 +141,12 @@ mod tests {
         let section = KubernetesFile { kubeconfig: Some(path.clone()), ..KubernetesFile::default() };
         let err = format!("{:#}", from_section(&section, Path::new("")).unwrap_err());
         assert!(err.contains("[[kubernetes]] name"), "{err}");
-        let kinds = KubernetesFile { name: Some("e".into()), kubeconfig: Some(path), kinds: vec!["Gizmo".into()], ..KubernetesFile::default() };
+        let kinds = KubernetesFile {
+            name: Some("e".into()),
+            kubeconfig: Some(path),
+            kinds: vec!["Gizmo".into()],
+            ..KubernetesFile::default()
+        };
         assert!(format!("{:#}", from_section(&kinds, Path::new("")).unwrap_err()).contains("Gizmo"));
         let both = KubernetesFile { in_cluster: true, context: Some("x".into()), ..KubernetesFile::default() };
         assert!(from_section(&both, Path::new("")).is_err());

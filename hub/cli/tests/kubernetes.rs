@@ -30,8 +30,7 @@ fn reviews(client: &Proc) -> Option<Value> {
         .stdout()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "response" && v["type_url"] == VS_URL)
-        .last()?["items"]
+        .rfind(|v| v["event"] == "response" && v["type_url"] == VS_URL)?["items"]
         .as_array()?
         .iter()
         .find(|i| i["name"] == "bookinfo/reviews")

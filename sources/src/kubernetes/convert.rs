@@ -1,10 +1,10 @@
 //! Watch objects → log ops, through the one validation path every source uses.
 
-use kube::api::DynamicObject;
-use kube::core::ApiResource;
 use keelson_hub::kinds::KindInfo;
 use keelson_hub::object::{Limits, parse_object_within};
 use keelson_hub::{Op, ResourceKey};
+use kube::api::DynamicObject;
+use kube::core::ApiResource;
 
 /// Where an object sits in its cluster, as the log's `location`: its key
 /// without the cluster (`networking.istio.io/VirtualService/default/reviews`),
@@ -115,7 +115,11 @@ mod tests {
         else {
             panic!("not an upsert")
         };
-        assert_eq!(key.to_string(), "networking.istio.io/VirtualService/default/reviews", "config keys have no cluster");
+        assert_eq!(
+            key.to_string(),
+            "networking.istio.io/VirtualService/default/reviews",
+            "config keys have no cluster"
+        );
         assert_eq!((source_version.as_str(), author.as_str()), ("42", "argocd-controller"));
         assert_eq!(location, "networking.istio.io/VirtualService/default/reviews");
         assert!(location.starts_with(&prefix(info, None)) && location.starts_with(&prefix(info, Some("default"))));

@@ -7,8 +7,8 @@
 //! reads clusters of any Istio age; the body keeps whatever version it was
 //! read in (Keelson's schemas accept every one, PROTOCOL.md §4).
 
-use kube::core::{ApiResource, GroupVersionKind};
 use keelson_hub::kinds::KindInfo;
+use kube::core::{ApiResource, GroupVersionKind};
 
 /// Versions tried, in order of preference.
 const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3", "v1alpha1"];

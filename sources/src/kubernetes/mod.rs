@@ -48,7 +48,11 @@ impl Source for KubernetesSource {
         &self.id
     }
 
-    fn run(self: Box<Self>, hub: HubHandle, shutdown: signal::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn run(
+        self: Box<Self>,
+        hub: HubHandle,
+        shutdown: signal::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(run(self.config, self.id, hub, shutdown))
     }
 }

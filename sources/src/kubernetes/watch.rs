@@ -15,8 +15,8 @@ use keelson_hub::Op;
 use keelson_hub::kinds::KindInfo;
 use keelson_hub::object::Limits;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -42,7 +42,11 @@ pub enum Msg {
     /// an operator and the failure is this kind's alone (403 RBAC, 404), so
     /// a listing need not wait for it. A 401 is the whole cluster's
     /// credentials: like an outage, it holds the listing.
-    Failed { stream: StreamId, error: String, permanent: bool },
+    Failed {
+        stream: StreamId,
+        error: String,
+        permanent: bool,
+    },
     /// The kind's CRD is not installed.
     Absent(StreamId),
 }
@@ -125,7 +129,9 @@ fn upsert(spec: &StreamSpec, resource: &kube::core::ApiResource, obj: DynamicObj
 /// A watch error in words, whether it is permanent, and its HTTP code.
 fn describe_watch(e: &watcher::Error) -> (String, bool, Option<u16>) {
     let client_error = match e {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            e
+        }
         watcher::Error::WatchError(status) => {
             return (format!("watch error {}: {}", status.code, status.message), false, Some(status.code));
         }

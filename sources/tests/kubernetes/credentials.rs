@@ -30,13 +30,10 @@ async fn tokens_token_files_and_client_certificates_all_reach_a_tls_api_server()
     assert!(fake.url().starts_with("https://"));
     fake.store().upsert(vs("default", "reviews", "reviews")).unwrap();
     let cert = fake.issue_client_cert("keelson").unwrap();
-    for (i, credentials) in [
-        Credentials::Token("s3cret".into()),
-        Credentials::TokenFile("s3cret".into()),
-        Credentials::ClientCert(cert),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, credentials) in
+        [Credentials::Token("s3cret".into()), Credentials::TokenFile("s3cret".into()), Credentials::ClientCert(cert)]
+            .into_iter()
+            .enumerate()
     {
         let config = config_for(&fake, dir.path(), &format!("kubeconfig-{i}"), credentials.clone());
         let running = Running::start(&dir.path().join(format!("data-{i}")), vec![config]).await;

@@ -161,8 +161,7 @@ async fn a_relist_that_comes_back_empty_is_held_by_the_mass_deletion_guard() {
     }
     east.fake.store().compact();
     east.accept_again().await;
-    eventually("the held deletions", || running.health("k8s/east").held_deletions.is_some_and(|r| r.count == 10))
-        .await;
+    eventually("the held deletions", || running.health("k8s/east").held_deletions.is_some_and(|r| r.count == 10)).await;
     assert_eq!(running.keys().len(), 60, "nothing deleted yet");
     running.stop().await;
 }

@@ -76,7 +76,11 @@ async fn a_relist_after_410_appends_only_what_changed() {
     })
     .await;
     let events = running.events_after(before);
-    let id = keelson_hub::SourceId { kind: keelson_hub::SourceKind::Kubernetes, name: "east".into(), cluster: "east".into() };
+    let id = keelson_hub::SourceId {
+        kind: keelson_hub::SourceKind::Kubernetes,
+        name: "east".into(),
+        cluster: "east".into(),
+    };
     // Every kind's watch was too old: each relisted, as its own listing.
     let relists = markers(&events, &id);
     assert!(!relists.is_empty() && relists.chunks(2).all(|p| p == ["sync_start", "sync_done"]), "{relists:?}");
