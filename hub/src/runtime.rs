@@ -319,7 +319,7 @@ impl Ingest {
                 }
                 Op::SyncDone => {
                     if let Some(seen) = self.syncing.remove(&origin) {
-                        self.conflicts.forget_unlisted(&origin, &seen);
+                        self.conflicts.forget_unlisted(&origin, &seen, kept);
                         conflicts_moved = true;
                         let queued: HashSet<&ResourceKey> = out.iter().filter_map(Op::key).collect();
                         let vanished: Vec<ResourceKey> = self

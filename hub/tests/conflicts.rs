@@ -19,7 +19,13 @@ fn vs_named(name: &str, host: &str) -> Op {
     let obj = serde_json::json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
         "metadata": { "name": name, "namespace": "default" }, "spec": { "hosts": [host] } });
     let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert { key: v.key, source_version: "1".into(), body: v.body, location: String::new(), author: "helm".into() }
+    Op::Upsert {
+        key: v.key,
+        source_version: "1".into(),
+        body: v.body,
+        location: "vs.yaml:1".into(),
+        author: "helm".into(),
+    }
 }
 
 fn service(cluster: &str, name: &str, port: u32) -> Op {
@@ -78,7 +84,7 @@ async fn the_first_listed_cluster_wins_and_the_loser_takes_over_on_delete() {
     assert_eq!(served(&h), Some(("east.example".into(), "east".into())));
     assert_eq!(lost(&h, &west), 1);
     let report = &h.health()[&west.to_string()].conflicts.clone().unwrap();
-    assert!(report.sample[0].contains("held by k8s/east@east"), "{report:?}");
+    assert!(report.sample[0].contains("held by k8s/east, listed before k8s/west"), "{report:?}");
     // West updating its version changes nothing served, appends nothing.
     let aside = h.submit(west.clone(), vec![vs("west2.example")]).await.unwrap();
     assert_eq!((aside.changed, aside.appended), (0, None));
@@ -91,6 +97,14 @@ async fn the_first_listed_cluster_wins_and_the_loser_takes_over_on_delete() {
     h.submit(east.clone(), vec![delete_vs()]).await.unwrap();
     assert_eq!(served(&h), Some(("west3.example".into(), "west".into())));
     assert_eq!(lost(&h, &west), 0);
+    // A partial west listing that keeps the VirtualService's location (as a
+    // Kubernetes kind's relist keeps the other kinds) leaves it aside.
+    h.submit(east.clone(), vec![vs("east.example")]).await.unwrap();
+    assert_eq!(lost(&h, &west), 1);
+    h.submit_keeping(west.clone(), vec![Op::SyncStart, Op::SyncDone], vec!["vs.yaml".into()]).await.unwrap();
+    assert_eq!(lost(&h, &west), 1, "a kept location stays aside");
+    h.submit(east.clone(), vec![delete_vs()]).await.unwrap();
+    assert_eq!(served(&h), Some(("west3.example".into(), "west".into())));
     // A west listing that no longer has it forgets it; east's return wins again.
     h.submit(east.clone(), vec![vs("east.example")]).await.unwrap();
     assert_eq!(lost(&h, &west), 1);
