@@ -130,12 +130,7 @@ impl Conflicts {
     /// After `origin` finished a listing: what it did not list is no longer
     /// aside, except versions whose location the listing keeps (a partial
     /// listing, such as one Kubernetes kind's relist, says nothing of them).
-    pub fn forget_unlisted(
-        &mut self,
-        origin: &SourceId,
-        listed: &HashSet<ResourceKey>,
-        kept: impl Fn(&str) -> bool,
-    ) {
+    pub fn forget_unlisted(&mut self, origin: &SourceId, listed: &HashSet<ResourceKey>, kept: impl Fn(&str) -> bool) {
         let Some(rank) = self.rank(origin) else { return };
         self.aside.retain(|key, versions| {
             if !listed.contains(key) && versions.get(&rank).is_some_and(|a| !kept(&a.location)) {

@@ -50,13 +50,12 @@ async fn two_clusters_keep_their_registries_apart_and_the_first_wins_a_config_co
 async fn provenance_records_the_cluster_resource_version_and_field_manager() {
     let dir = tempfile::tempdir().unwrap();
     let east = Cluster::start("east", dir.path()).await;
-    let mut object = vs("default", "reviews", "reviews");
-    object["metadata"]["managedFields"] = json!([
-        { "manager": "helm", "operation": "Update", "apiVersion": "networking.istio.io/v1",
-          "time": "2026-11-01T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {} },
-        { "manager": "argocd-controller", "operation": "Apply", "apiVersion": "networking.istio.io/v1",
-          "time": "2026-11-02T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {} }]);
-    east.put(object);
+    // The fake keeps managedFields as kube-apiserver does: one entry per
+    // manager, stamped with the write's time, newest last.
+    east.fake.store().upsert_as(vs("default", "reviews", "reviews"), "helm").unwrap();
+    let mut edited = vs("default", "reviews", "reviews");
+    edited["spec"]["hosts"] = json!(["reviews", "reviews.example"]);
+    east.fake.store().upsert_as(edited, "argocd-controller").unwrap();
     let running = Running::start(&dir.path().join("data"), vec![east.config()]).await;
     eventually("the object", || running.keys().len() == 1).await;
     let key = keelson_hub::ResourceKey::parse("VirtualService/default/reviews").unwrap();

@@ -127,3 +127,28 @@ async fn a_watch_dropped_without_an_error_resumes_and_pod_status_churn_appends_n
     assert_eq!(running.changes_after(before)[1], "upsert core/Pod/default/reviews-1@east");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_and_a_label_selector_narrow_what_is_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let east = Cluster::start("east", dir.path()).await;
+    for ns in ["a", "b"] {
+        let mut labelled = vs(ns, "labelled", "h");
+        labelled["metadata"]["labels"] = json!({ "keelson.dev/export": "true" });
+        east.put(labelled);
+        east.put(vs(ns, "plain", "h"));
+    }
+    east.put(json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": "node-1" } }));
+    let mut config = east.config();
+    config.namespaces = vec!["a".into()];
+    config.label_selector = Some("keelson.dev/export=true".into());
+    config.kinds = keelson_sources::kubernetes::config::parse_kinds(&["VirtualService".into(), "Node".into()]).unwrap();
+    let running = Running::start(&dir.path().join("data"), vec![config]).await;
+    eventually("the listing", || running.health("k8s/east").synced).await;
+    assert_eq!(
+        running.keys(),
+        ["core/Node//node-1@east", "networking.istio.io/VirtualService/a/labelled"],
+        "namespace a only, labelled only; Nodes (cluster-scoped) whole"
+    );
+    running.stop().await;
+}
