@@ -130,6 +130,33 @@ impl StoredEntry<'_> {
     }
 }
 
+/// The entries of an archived V2 or V3 checkpoint, restored (the two
+/// layouts differ only in the key's cluster, which `$cluster` reads).
+macro_rules! restore_entries {
+    ($archived:expr, $origin:expr, $count:expr, |$e:ident| $cluster:expr) => {
+        $archived
+            .entries
+            .iter()
+            .map(|$e| {
+                let key = ResourceKey::new(&$e.group, &$e.kind, &$e.namespace, &$e.name).in_cluster($cluster);
+                $count(&key);
+                StoredEntry {
+                    key,
+                    version: $e.version.to_native(),
+                    body: &$e.body,
+                    hash: $e.hash,
+                    origin: $origin($e.origin_kind, &$e.origin_name, &$e.origin_cluster),
+                    source_version: &$e.source_version,
+                    location: &$e.location,
+                    encoded: $e.encoded.as_ref().map(|b| b.as_slice()),
+                    created_at: $e.created_at.to_native(),
+                }
+                .restore()
+            })
+            .collect()
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint format {0:#x} is not one this build reads")]
@@ -209,51 +236,13 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
     let (seq, version, resources) = match format {
         FORMAT_V3 => {
             let archived = rkyv::access::<ArchivedCheckpointV3, rancor::Error>(&aligned).map_err(invalid)?;
-            let resources = archived
-                .entries
-                .iter()
-                .map(|e| {
-                    let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name).in_cluster(&e.cluster);
-                    count(&key);
-                    StoredEntry {
-                        key,
-                        version: e.version.to_native(),
-                        body: &e.body,
-                        hash: e.hash,
-                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
-                        source_version: &e.source_version,
-                        location: &e.location,
-                        encoded: e.encoded.as_ref().map(|b| b.as_slice()),
-                        created_at: e.created_at.to_native(),
-                    }
-                    .restore()
-                })
-                .collect();
+            let resources = restore_entries!(archived, origin, count, |e| &e.cluster);
             (archived.seq.to_native(), archived.version.to_native(), resources)
         }
         // Written before keys had clusters: every key is cluster-less.
         FORMAT_V2 => {
             let archived = rkyv::access::<ArchivedCheckpointV2, rancor::Error>(&aligned).map_err(invalid)?;
-            let resources = archived
-                .entries
-                .iter()
-                .map(|e| {
-                    let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
-                    count(&key);
-                    StoredEntry {
-                        key,
-                        version: e.version.to_native(),
-                        body: &e.body,
-                        hash: e.hash,
-                        origin: origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
-                        source_version: &e.source_version,
-                        location: &e.location,
-                        encoded: e.encoded.as_ref().map(|b| b.as_slice()),
-                        created_at: e.created_at.to_native(),
-                    }
-                    .restore()
-                })
-                .collect();
+            let resources = restore_entries!(archived, origin, count, |_e| "");
             (archived.seq.to_native(), archived.version.to_native(), resources)
         }
         // Written before entries had creation times and Istio kinds an

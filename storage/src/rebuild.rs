@@ -22,7 +22,7 @@ pub(crate) fn rebuild(dir: &Path, engine_dir: &Path, open: impl Fn(&Path) -> Res
     }
     let sled_err = |e| StorageError::from_sled(dir, e);
     {
-        let old = open_waiting(engine_dir, &open)?;
+        let old = open_waiting(engine_dir, &open, Duration::from_secs(10))?;
         let new = open(&fresh)?;
         let acknowledged = match DurableMark::open(dir)?.1 {
             MarkReading::Seq(seq) => seq,
@@ -47,9 +47,15 @@ pub(crate) fn rebuild(dir: &Path, engine_dir: &Path, open: impl Fn(&Path) -> Res
     Ok(aside)
 }
 
-/// sled's threads release a closed store's lock a moment after the close.
-pub(crate) fn open_waiting(path: &Path, open: &impl Fn(&Path) -> Result<sled::Db>) -> Result<sled::Db> {
-    let end = Instant::now() + Duration::from_secs(10);
+/// sled's threads release a closed store's lock a moment after the close
+/// (longer on a loaded machine), so an open right after a close waits up to
+/// `patience` for it; a store another process holds is still `Locked`.
+pub(crate) fn open_waiting(
+    path: &Path,
+    open: &impl Fn(&Path) -> Result<sled::Db>,
+    patience: Duration,
+) -> Result<sled::Db> {
+    let end = Instant::now() + patience;
     loop {
         match open(path) {
             Err(StorageError::Locked { .. }) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),

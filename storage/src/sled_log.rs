@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -89,11 +89,10 @@ impl SledEventLog {
             });
         }
         let mut set_aside = Vec::new();
-        let opened = if wait_for_lock {
-            crate::rebuild::open_waiting(&engine_dir, &|p| open_engine(&dir, p))
-        } else {
-            open_engine(&dir, &engine_dir)
-        };
+        // After a rebuild both engines were just closed; otherwise this
+        // process (a restart in place, a test) may just have closed it.
+        let patience = if wait_for_lock { Duration::from_secs(10) } else { Duration::from_secs(2) };
+        let opened = crate::rebuild::open_waiting(&engine_dir, &|p| open_engine(&dir, p), patience);
         let db = match opened {
             // sled's snapshot (`snap.*`) is a cache of its log: without it,
             // sled rebuilds it by scanning the log. Repair sets a damaged
@@ -313,7 +312,7 @@ const SLED_CACHE_BYTES: u64 = 32 << 20;
 
 /// A record's stored time (nanoseconds since the epoch) as a SystemTime.
 fn time_of(nanos: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
 /// Frees what sled replaced during a burst of writes, once the burst is over.
