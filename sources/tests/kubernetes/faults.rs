@@ -165,3 +165,31 @@ async fn a_relist_that_comes_back_empty_is_held_by_the_mass_deletion_guard() {
     assert_eq!(running.keys().len(), 60, "nothing deleted yet");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_kind_holds_the_first_listing_and_lists_once_let_through() {
+    // 429 is the API server's priority-and-fairness answer: transient. The
+    // kube client retries it honouring Retry-After (as client-go does), so
+    // unlike a 403 it must not close the listing without the kind.
+    let dir = tempfile::tempdir().unwrap();
+    let east = Cluster::start("east", dir.path()).await;
+    east.fake.store().set_fault("", "services", Some(KindFault::Throttled { retry_after: 1 }));
+    east.put(service("default", "reviews"));
+    east.put(vs("default", "reviews", "reviews"));
+    let running = Running::start(&dir.path().join("data"), vec![east.config()]).await;
+    // Every other kind lists at once; the listing stays open for Services
+    // through a few Retry-After rounds.
+    eventually("the other kinds", || running.keys().len() == 1).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        assert!(!running.health("k8s/east").synced, "a throttled kind must hold the first listing");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    east.fake.store().set_fault("", "services", None);
+    eventually("the listing", || running.health("k8s/east").synced).await;
+    assert_eq!(
+        running.keys(),
+        ["core/Service/default/reviews@east", "networking.istio.io/VirtualService/default/reviews"]
+    );
+    running.stop().await;
+}
