@@ -57,11 +57,12 @@ pub struct Serving {
 
 impl Serving {
     pub fn of(body: &Body) -> Self {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body.json()) else { return Serving::default() };
-        let meta = &value["metadata"];
-        let proxy_group = meta["labels"][PROXY_GROUP_LABEL].as_str().filter(|g| !g.is_empty()).map(Arc::from);
-        let ttl = meta["annotations"][TTL_ANNOTATION].as_str().and_then(|t| humantime::parse_duration(t).ok());
-        let revision = meta["labels"][ISTIO_REVISION_LABEL].as_str().map(Arc::from);
+        let Some(meta) = MetadataView::of(body) else { return Serving::default() };
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
+        let ttl = meta.annotations.as_ref().and_then(|a| a.get(TTL_ANNOTATION));
+        let ttl = ttl.and_then(|t| humantime::parse_duration(t).ok());
+        let proxy_group = label(PROXY_GROUP_LABEL).filter(|g| !g.is_empty()).map(Arc::from);
+        let revision = label(ISTIO_REVISION_LABEL).map(Arc::from);
         Serving { proxy_group, ttl, revision }
     }
 
@@ -106,8 +107,31 @@ impl ResourceEntry {
 
 /// The creation time an object's body states, if it states one.
 pub(crate) fn stated_creation(body: &Body) -> Option<SystemTime> {
-    let value: serde_json::Value = serde_json::from_slice(body.json()).ok()?;
-    humantime::parse_rfc3339_weak(value.pointer("/metadata/creationTimestamp")?.as_str()?).ok()
+    humantime::parse_rfc3339_weak(&MetadataView::of(body)?.creation_timestamp?).ok()
+}
+
+/// The metadata fields the hub reads of a body. Deserializing only these
+/// skips the rest of the object without building it (every upsert is read
+/// this way twice: for its serving attributes and its creation time).
+#[derive(serde::Deserialize)]
+struct MetadataView {
+    /// `Option`s, as validation lets `labels: null` through.
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "creationTimestamp")]
+    creation_timestamp: Option<String>,
+}
+
+impl MetadataView {
+    fn of(body: &Body) -> Option<MetadataView> {
+        #[derive(serde::Deserialize)]
+        struct Object {
+            metadata: Option<MetadataView>,
+        }
+        serde_json::from_slice::<Object>(body.json()).ok()?.metadata
+    }
 }
 
 /// What applying one event did.
@@ -220,6 +244,17 @@ mod tests {
             location: String::new(),
             author: String::new(),
         }
+    }
+
+    #[test]
+    fn metadata_is_read_whatever_else_the_body_holds() {
+        let body = Body::from_value(&serde_json::json!({ "metadata": { "labels": null,
+            "annotations": { "keelson.dev/ttl": "30s" }, "creationTimestamp": "2026-01-02T03:04:05Z" },
+            "spec": { "deep": [{ "x": [1, 2, { "y": null }] }] } }));
+        assert_eq!(Serving::of(&body).ttl, Some(std::time::Duration::from_secs(30)));
+        assert!(stated_creation(&body).is_some());
+        let labelled = Body::from_value(&serde_json::json!({ "metadata": { "labels": { "istio.io/rev": "canary" } } }));
+        assert_eq!(Serving::of(&labelled).revision.as_deref(), Some("canary"));
     }
 
     #[test]
