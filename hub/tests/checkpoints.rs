@@ -1,0 +1,65 @@
+//! When the hub writes checkpoints: not while a cold start is still
+//! listing (each would hold a half-built state, and cost the whole state),
+//! then once events reach `every_events` or half the objects held.
+
+use std::time::{Duration, Instant};
+
+use keelson_hub::metrics::Metrics;
+use keelson_hub::{EventStore, Hub, HubConfig, Op, SourceId, SourceKind};
+use keelson_storage::OpenOptions;
+
+fn cluster(name: &str) -> Op {
+    let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
+        "spec": {"name": name, "type": "STATIC", "connect_timeout": "1s"}});
+    let v = keelson_hub::object::parse_object(&obj).unwrap();
+    Op::Upsert { key: v.key, source_version: String::new(), body: v.body, location: String::new(), author: String::new() }
+}
+
+fn checkpointed(store: &EventStore) -> Option<u64> {
+    store.log().checkpoint_at_or_before(u64::MAX).unwrap().map(|c| c.seq)
+}
+
+/// Checkpoints are written in the background: poll for one.
+fn wait_checkpoint(store: &EventStore, at_least: u64) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while checkpointed(store).is_none_or(|s| s < at_least) {
+        assert!(Instant::now() < end, "no checkpoint at or after {at_least}: {:?}", checkpointed(store));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path(), OpenOptions { create: true, repair: false }).unwrap();
+    let files = SourceId::new(SourceKind::File, "conf");
+    let cfg = HubConfig { sources: vec![files.clone()], checkpoint_every_events: 10, ..HubConfig::default() };
+    let hub = Hub::start(store.clone(), cfg, Metrics::default()).await.unwrap();
+    let h = hub.handle();
+    // A cold start's listing, in pages, far past every_events.
+    h.submit(files.clone(), vec![Op::SyncStart]).await.unwrap();
+    for page in 0..10 {
+        let ops = (0..20).map(|i| cluster(&format!("c{page}-{i}"))).collect();
+        h.submit(files.clone(), ops).await.unwrap();
+    }
+    assert!(h.current().is_none());
+    assert_eq!(checkpointed(&store), None, "no checkpoint of a half-listed state");
+    // The listing ends: the first snapshot, then one checkpoint of it.
+    let done = h.submit(files.clone(), vec![Op::SyncDone]).await.unwrap();
+    wait_checkpoint(&store, done.appended.unwrap().1);
+    let first = checkpointed(&store).unwrap();
+    // 200 objects and growing: the next checkpoint waits for half the
+    // state in events (k new objects since: k >= (200 + k) / 2 at k = 199),
+    // not every_events (10).
+    for i in 0..150 {
+        h.submit(files.clone(), vec![cluster(&format!("n{i}"))]).await.unwrap();
+    }
+    assert_eq!(checkpointed(&store), Some(first), "150 events < half of 350 objects");
+    for i in 150..260 {
+        h.submit(files.clone(), vec![cluster(&format!("n{i}"))]).await.unwrap();
+    }
+    wait_checkpoint(&store, first + 199);
+    let second = checkpointed(&store).unwrap();
+    assert!(second <= first + 200, "{first} {second}");
+    hub.stop().await.unwrap();
+}
