@@ -12,7 +12,13 @@ fn cluster(name: &str) -> Op {
     let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
         "spec": {"name": name, "type": "STATIC", "connect_timeout": "1s"}});
     let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert { key: v.key, source_version: String::new(), body: v.body, location: String::new(), author: String::new() }
+    Op::Upsert {
+        key: v.key,
+        source_version: String::new(),
+        body: v.body,
+        location: String::new(),
+        author: String::new(),
+    }
 }
 
 fn checkpointed(store: &EventStore) -> Option<u64> {
