@@ -160,12 +160,8 @@ pub struct State {
 }
 
 impl State {
-    /// Would upserting `body` at `key` change anything?
-    pub fn is_current(&self, key: &ResourceKey, body: &Body) -> bool {
-        self.resources.get(key).is_some_and(|e| e.body.hash() == body.hash())
-    }
-
-    /// Does `origin` already hold exactly `body` at `key`? The same body
+    /// Would upserting `body` at `key` from `origin` change nothing: does
+    /// `origin` already hold exactly `body` there? The same body
     /// from another source still changes the object: its provenance, and
     /// which source's listing reconciles it.
     pub fn holds(&self, key: &ResourceKey, origin: &SourceId, body: &Body) -> bool {

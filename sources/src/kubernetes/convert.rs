@@ -75,7 +75,7 @@ fn newest_manager(obj: &DynamicObject) -> String {
     entries
         .iter()
         .enumerate()
-        // RFC 3339 times of one server compare as strings; later entries win ties.
+        // Entries are stamped to the second; a later entry wins a tie.
         .max_by(|(i, a), (j, b)| {
             let (ta, tb) = (a.time.as_ref().map(|t| t.0), b.time.as_ref().map(|t| t.0));
             ta.cmp(&tb).then(i.cmp(j))

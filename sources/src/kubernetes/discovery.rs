@@ -41,6 +41,11 @@ pub async fn resolve(client: &kube::Client, info: &KindInfo) -> Result<Resolved,
     Ok(Resolved::Absent)
 }
 
+/// Is the kind found through discovery (a CRD, which may come and go)?
+pub fn discovered(info: &KindInfo) -> bool {
+    built_in(info).is_none()
+}
+
 /// Kinds every cluster serves at one version, needing no discovery.
 fn built_in(info: &KindInfo) -> Option<ApiResource> {
     let (group, version, plural) = match (info.group, info.kind) {

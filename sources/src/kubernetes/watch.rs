@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::convert::{self, Invalid};
-use super::discovery::{Resolved, resolve};
+use super::discovery::{Resolved, discovered, resolve};
 
 /// Which stream a message is about: its index in the driver's table.
 pub type StreamId = usize;
@@ -109,7 +109,7 @@ pub async fn run(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) 
                     if tx.send(Msg::Failed { stream: spec.id, error, permanent }).await.is_err() {
                         return;
                     }
-                    if code == Some(404) && spec.info.group.contains(".istio.io") {
+                    if code == Some(404) && discovered(spec.info) {
                         break; // the CRD is gone: discover it again
                     }
                     continue;
