@@ -1,7 +1,7 @@
 //! `State` ⇄ checkpoint blob, with rkyv.
 //!
 //! rkyv has no schema evolution, so the layout is versioned by the format tag
-//! the log stores beside the blob ([`FORMAT_V3`]); a new layout gets a new tag
+//! the log stores beside the blob ([`FORMAT_V4`]); a new layout gets a new tag
 //! and this module keeps reading the old ones. sled hands back unaligned
 //! bytes, so a blob is copied into an aligned buffer before it is validated.
 
@@ -20,6 +20,18 @@ pub const FORMAT_V1: u32 = 0x4b43_0001; // "KC" v1
 pub const FORMAT_V2: u32 = 0x4b43_0002; // "KC" v2
 /// Format tag of [`CheckpointV3`] blobs: V2 plus each key's cluster.
 pub const FORMAT_V3: u32 = 0x4b43_0003; // "KC" v3
+/// Format tag of chunked blobs: `seq u64 | version u64 | entries u64`
+/// (big-endian; the count, so a blob cut between chunks is not taken as a
+/// smaller state), then
+/// chunks `len u64 | rkyv archive of ChunkV4` of up to [`CHUNK_ENTRIES`]
+/// V3 entries each. Written a chunk at a time, so a checkpoint never holds
+/// a second copy of the whole state: a single V3 archive of 215,000 objects
+/// took ~350 MiB at once (docs/benchmarks.md, "Kubernetes source").
+pub const FORMAT_V4: u32 = 0x4b43_0004; // "KC" v4
+
+/// Entries per V4 chunk: a few MiB of bodies, large enough that the
+/// per-chunk framing is noise.
+const CHUNK_ENTRIES: usize = 4096;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointV1 {
@@ -70,6 +82,11 @@ struct EntryV2 {
     encoded: Option<Vec<u8>>,
     /// Nanoseconds since the Unix epoch.
     created_at: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChunkV4 {
+    entries: Vec<EntryV3>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -187,34 +204,62 @@ fn kind_from_u8(k: u8) -> SourceKind {
     }
 }
 
-/// Encodes a state as a [`FORMAT_V3`] blob.
-pub fn encode(state: &State) -> AlignedVec {
-    let cp = CheckpointV3 {
-        seq: state.seq,
-        version: state.version,
-        entries: state
-            .resources
-            .iter()
-            .map(|(k, e)| EntryV3 {
-                group: k.group.clone(),
-                kind: k.kind.clone(),
-                namespace: k.namespace.clone(),
-                name: k.name.clone(),
-                cluster: k.cluster.clone(),
-                version: e.version,
-                body: e.body.json().to_vec(),
-                hash: e.body.hash().to_be_bytes(),
-                origin_kind: kind_to_u8(e.origin.kind),
-                origin_name: e.origin.name.clone(),
-                origin_cluster: e.origin.cluster.clone(),
-                source_version: e.source_version.clone(),
-                location: e.location.clone(),
-                encoded: e.encoded.as_ref().map(|b| b.to_vec()),
-                created_at: nanos(e.created_at),
-            })
-            .collect(),
-    };
-    rkyv::to_bytes::<rancor::Error>(&cp).expect("serializing owned data into memory cannot fail")
+/// Encodes a state as the parts of a [`FORMAT_V4`] blob, in order: the
+/// header, then one chunk after another, each encoded when asked for.
+pub fn encode_parts(state: &State) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let count = state.resources.len() as u64;
+    let header = [state.seq.to_be_bytes(), state.version.to_be_bytes(), count.to_be_bytes()].concat();
+    let mut entries = state.resources.iter().peekable();
+    let chunks = std::iter::from_fn(move || {
+        entries.peek()?;
+        let chunk = ChunkV4 { entries: entries.by_ref().take(CHUNK_ENTRIES).map(|(k, e)| entry_v3(k, e)).collect() };
+        let capacity = chunk.entries.iter().map(EntryV3::archived_estimate).sum::<usize>() + 64;
+        // Sized up front, so the buffer never grows by doubling.
+        let archived =
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(&chunk, AlignedVec::<16>::with_capacity(capacity))
+                .expect("serializing owned data into memory cannot fail");
+        let mut part = Vec::with_capacity(8 + archived.len());
+        part.extend_from_slice(&(archived.len() as u64).to_be_bytes());
+        part.extend_from_slice(&archived);
+        Some(part)
+    });
+    std::iter::once(header).chain(chunks)
+}
+
+/// The whole [`FORMAT_V4`] blob of a state.
+pub fn encode(state: &State) -> Vec<u8> {
+    encode_parts(state).flatten().collect()
+}
+
+fn entry_v3(k: &ResourceKey, e: &ResourceEntry) -> EntryV3 {
+    EntryV3 {
+        group: k.group.clone(),
+        kind: k.kind.clone(),
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+        cluster: k.cluster.clone(),
+        version: e.version,
+        body: e.body.json().to_vec(),
+        hash: e.body.hash().to_be_bytes(),
+        origin_kind: kind_to_u8(e.origin.kind),
+        origin_name: e.origin.name.clone(),
+        origin_cluster: e.origin.cluster.clone(),
+        source_version: e.source_version.clone(),
+        location: e.location.clone(),
+        encoded: e.encoded.as_ref().map(|b| b.to_vec()),
+        created_at: nanos(e.created_at),
+    }
+}
+
+impl EntryV3 {
+    /// Bytes this entry takes archived, slightly over: its variable-length
+    /// fields plus a generous allowance for the fixed part and alignment.
+    fn archived_estimate(&self) -> usize {
+        let strings = [&self.group, &self.kind, &self.namespace, &self.name, &self.cluster];
+        let more = [&self.origin_name, &self.origin_cluster, &self.source_version, &self.location];
+        let text: usize = strings.iter().chain(more.iter()).map(|s| s.len()).sum();
+        text + self.body.len() + self.encoded.as_ref().map_or(0, Vec::len) + 192
+    }
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -223,8 +268,11 @@ fn nanos(t: SystemTime) -> u64 {
 
 /// Decodes a blob stored with `format`, validating it first.
 pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
-    let mut aligned = AlignedVec::<16>::with_capacity(blob.len());
-    aligned.extend_from_slice(blob);
+    // Older formats are one archive: validated from an aligned copy of it all.
+    let mut aligned = AlignedVec::<16>::new();
+    if format != FORMAT_V4 {
+        aligned.extend_from_slice(blob);
+    }
     let invalid = |e: rancor::Error| CheckpointError::Invalid(e.to_string());
     let mut counts = std::collections::BTreeMap::new();
     let mut count = |key: &ResourceKey| *counts.entry((key.group.clone(), key.kind.clone())).or_insert(0) += 1;
@@ -234,6 +282,27 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
         cluster: cluster.to_string(),
     };
     let (seq, version, resources) = match format {
+        FORMAT_V4 => {
+            let (header, mut rest) = blob.split_at_checked(24).ok_or(CheckpointError::Invalid("no header".into()))?;
+            let word = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+            let mut resources = crate::state::ResourceMap::new();
+            while !rest.is_empty() {
+                let (len, after) = rest.split_at_checked(8).ok_or(CheckpointError::Invalid("cut chunk".into()))?;
+                let len = usize::try_from(u64::from_be_bytes(len.try_into().expect("8 bytes"))).unwrap_or(usize::MAX);
+                let (chunk, after) = after.split_at_checked(len).ok_or(CheckpointError::Invalid("cut chunk".into()))?;
+                let mut aligned = AlignedVec::<16>::with_capacity(chunk.len());
+                aligned.extend_from_slice(chunk);
+                let archived = rkyv::access::<ArchivedChunkV4, rancor::Error>(&aligned).map_err(invalid)?;
+                let entries: Vec<_> = restore_entries!(archived, origin, count, |e| &e.cluster);
+                resources.extend(entries);
+                rest = after;
+            }
+            if resources.len() as u64 != word(16) {
+                let (found, stated) = (resources.len(), word(16));
+                return Err(CheckpointError::Invalid(format!("{found} entries, the header says {stated}")));
+            }
+            (word(0), word(8), resources)
+        }
         FORMAT_V3 => {
             let archived = rkyv::access::<ArchivedCheckpointV3, rancor::Error>(&aligned).map_err(invalid)?;
             let resources = restore_entries!(archived, origin, count, |e| &e.cluster);
@@ -257,7 +326,6 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
                 .map(|e| {
                     let key = ResourceKey::new(&e.group, &e.kind, &e.namespace, &e.name);
                     let body = Body::from_parts(Bytes::copy_from_slice(&e.body), u128::from_be_bytes(e.hash));
-                    let created_at = crate::state::stated_creation(&body).unwrap_or(UNIX_EPOCH);
                     let entry = ResourceEntry::new(
                         &key,
                         e.version.to_native(),
@@ -265,7 +333,7 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
                         origin(e.origin_kind, &e.origin_name, &e.origin_cluster),
                         e.source_version.to_string(),
                         e.location.to_string(),
-                        created_at,
+                        UNIX_EPOCH,
                     );
                     count(&key);
                     (key, std::sync::Arc::new(entry))
@@ -281,6 +349,51 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode_v3(state: &State) -> AlignedVec {
+        let entries = state.resources.iter().map(|(k, e)| entry_v3(k, e)).collect();
+        let cp = CheckpointV3 { seq: state.seq, version: state.version, entries };
+        rkyv::to_bytes::<rancor::Error>(&cp).unwrap()
+    }
+
+    fn clusters(n: u64) -> State {
+        let mut state = State::default();
+        for i in 0..n {
+            let body = serde_json::json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
+                "metadata": { "name": format!("c{i}") }, "spec": { "name": format!("c{i}") } });
+            state.apply(crate::Event {
+                seq: i + 1,
+                at: std::time::SystemTime::UNIX_EPOCH,
+                origin: SourceId { kind: SourceKind::File, name: "f".into(), cluster: String::new() },
+                op: crate::Op::Upsert {
+                    key: ResourceKey::new("xds.keelson.dev", "Cluster", "", &format!("c{i}")),
+                    source_version: String::new(),
+                    body: Body::from_value(&body),
+                    location: String::new(),
+                    author: String::new(),
+                },
+            });
+        }
+        state
+    }
+
+    #[test]
+    fn a_large_state_is_written_in_chunks_and_read_back_whole() {
+        let state = clusters(2 * CHUNK_ENTRIES as u64 + 5);
+        let parts: Vec<Vec<u8>> = encode_parts(&state).collect();
+        assert_eq!(parts.len(), 4, "a header and three chunks");
+        let blob = parts.concat();
+        let back = decode(FORMAT_V4, &blob).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.counts.values().sum::<usize>(), state.resources.len());
+        // A blob cut anywhere is an error, never a panic or a partial state.
+        for cut in
+            [0, 7, 16, 24, 30, parts[0].len() + parts[1].len(), parts[0].len() + parts[1].len() - 1, blob.len() - 1]
+        {
+            assert!(matches!(decode(FORMAT_V4, &blob[..cut]), Err(CheckpointError::Invalid(_))), "cut at {cut}");
+        }
+        assert_eq!(decode(FORMAT_V4, &encode(&State::default())).unwrap(), State::default());
+    }
 
     #[test]
     fn state_round_trips_through_an_unaligned_copy() {
@@ -306,7 +419,9 @@ mod tests {
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.
         let mut unaligned = vec![0u8];
         unaligned.extend_from_slice(&blob);
-        assert_eq!(decode(FORMAT_V3, &unaligned[1..]).unwrap(), state);
+        assert_eq!(decode(FORMAT_V4, &unaligned[1..]).unwrap(), state);
+        // The format before chunks still loads.
+        assert_eq!(decode(FORMAT_V3, &encode_v3(&state)).unwrap(), state);
     }
 
     /// A checkpoint written before Istio kinds had a wire form still loads:
@@ -341,7 +456,7 @@ mod tests {
         assert!(e.encoded.is_some(), "rebuilt with its MCP item");
         assert_eq!(e.created_at, UNIX_EPOCH, "no creation time was recorded before v2");
         // Written back, it is v3 and round-trips.
-        assert_eq!(decode(FORMAT_V3, &encode(&state)).unwrap(), state);
+        assert_eq!(decode(FORMAT_V4, &encode(&state)).unwrap(), state);
     }
 
     /// Per-cluster keys survive a checkpoint; a V2 checkpoint (before keys
@@ -366,7 +481,7 @@ mod tests {
             });
         }
         assert_eq!(state.resources.len(), 2);
-        assert_eq!(decode(FORMAT_V3, &encode(&state)).unwrap(), state);
+        assert_eq!(decode(FORMAT_V4, &encode(&state)).unwrap(), state);
         let e = &state.resources[&ResourceKey::new("", "Service", "default", "reviews").in_cluster("east")];
         let v2 = CheckpointV2 {
             seq: 1,

@@ -27,6 +27,14 @@ pub struct Metrics {
     pub conflicts: Family<SourceLabel, Gauge>,
     /// Files a file source opened and read (an idle source reads none).
     pub file_reads: Family<SourceLabel, Counter>,
+    /// Checkpoints written, and the seq of the newest: a restart replays the
+    /// log after it.
+    pub checkpoints_written: Counter,
+    pub checkpoint_seq: Gauge,
+    /// Checkpoints that could not be written (the log itself is intact).
+    pub checkpoint_failures: Counter,
+    /// 1 while a checkpoint is being written in the background.
+    pub checkpoint_writing: Gauge,
 }
 
 impl Default for Metrics {
@@ -41,6 +49,10 @@ impl Default for Metrics {
             deletions_held: Family::default(),
             conflicts: Family::default(),
             file_reads: Family::default(),
+            checkpoints_written: Counter::default(),
+            checkpoint_seq: Gauge::default(),
+            checkpoint_failures: Counter::default(),
+            checkpoint_writing: Gauge::default(),
         }
     }
 }
@@ -65,6 +77,14 @@ impl Metrics {
             self.conflicts.clone(),
         );
         r.register("file_reads", "Files read by a file source, by source", self.file_reads.clone());
+        r.register("checkpoints_written", "Checkpoints written", self.checkpoints_written.clone());
+        r.register("checkpoint_seq", "Seq of the newest checkpoint written", self.checkpoint_seq.clone());
+        r.register(
+            "checkpoint_failures",
+            "Checkpoints that could not be written (the log is intact)",
+            self.checkpoint_failures.clone(),
+        );
+        r.register("checkpoint_writing", "1 while a checkpoint is being written", self.checkpoint_writing.clone());
     }
 
     pub fn source(name: &str) -> SourceLabel {

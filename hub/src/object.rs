@@ -68,21 +68,23 @@ pub fn parse_object(value: &Value) -> Result<ValidObject, String> {
 /// Validates one object and returns its key and canonical body. The error
 /// says what is wrong in terms of the object's own fields.
 pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject, String> {
-    let obj = value.as_object().ok_or("a config object must be a mapping")?;
-    let api_version = str_field(obj, "apiVersion")?;
-    let kind = str_field(obj, "kind")?;
-    let group = match api_version.rsplit_once('/') {
-        Some((group, _version)) => group,
-        None => "", // "v1": the core group
-    };
-    let info = kinds::lookup(group, kind)
-        .ok_or_else(|| format!("unknown kind {kind} in apiVersion {api_version} (Keelson knows: {})", known_kinds()))?;
+    parse_owned_object(value.clone(), limits)
+}
+
+/// [`parse_object_within`] for a caller that no longer needs the object: the
+/// canonical body is built from it in place instead of from a copy (a
+/// Kubernetes listing hands over tens of thousands of them).
+pub fn parse_owned_object(value: Value, limits: &Limits) -> Result<ValidObject, String> {
+    let Value::Object(mut obj) = value else { return Err("a config object must be a mapping".into()) };
+    let info = kind_of(&obj)?;
+    let no_metadata = Map::new();
     let meta = match obj.get("metadata") {
-        None => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
+        None => &no_metadata,
+        Some(Value::Object(m)) => m,
         Some(_) => return Err("metadata must be a mapping".into()),
     };
     let meta_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    let kind = info.kind;
     let namespace = match (info.namespaced, meta.get("namespace").and_then(Value::as_str)) {
         (true, Some(ns)) if !ns.is_empty() => ns.to_string(),
         (true, _) => "default".to_string(),
@@ -97,20 +99,20 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
     let mut encoded_len = None;
     let name = match info.encoding {
         Encoding::Envoy { message, name_field } => {
-            let (name, len) = check_envoy(obj, message, name_field, meta_name)?;
+            let (name, len) = check_envoy(&obj, message, name_field, meta_name)?;
             encoded_len = Some(len);
             name
         }
         Encoding::Istio { message, required } => {
-            let spec = obj.get("spec").and_then(Value::as_object).ok_or("spec is required and must be a mapping")?;
-            require(spec, required, "spec.")?;
+            let spec = obj.get("spec").filter(|s| s.is_object()).ok_or("spec is required and must be a mapping")?;
+            require(spec.as_object().expect("checked above"), required, "spec.")?;
             // Transcoded now, so a misspelled field or a bad enum value is
             // this object's error, not a surprise in every istiod.
-            transcode::encode_istio_json(message, &Value::Object(spec.clone())).map_err(|e| e.to_string())?;
+            transcode::encode_istio_json(message, spec).map_err(|e| e.to_string())?;
             meta_name.to_string()
         }
         Encoding::Kubernetes { required } => {
-            require(obj, required, "")?;
+            require(&obj, required, "")?;
             meta_name.to_string()
         }
     };
@@ -118,13 +120,17 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
         return Err("metadata.name is required".into());
     }
     names::check_name(info.name_rule, &name)?;
-    check_serving_metadata(&meta)?;
-    let reduced = crate::reduce::reduced(info.group, info.kind, obj);
-    let is_reduced = reduced.is_some();
-    let mut canonical = reduced.unwrap_or_else(|| obj.clone());
-    let meta = match canonical.get("metadata") {
-        Some(Value::Object(m)) if is_reduced => m.clone(),
-        _ => meta,
+    check_serving_metadata(meta)?;
+    let mut canonical = match crate::reduce::reduced(info.group, info.kind, &obj) {
+        Some(reduced) => reduced,
+        None => {
+            obj.remove("status");
+            obj
+        }
+    };
+    let meta = match canonical.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
     };
     let mut kept: Map<String, Value> = meta.into_iter().filter(|(k, _)| KEPT_METADATA.contains(&k.as_str())).collect();
     drop_annotation_noise(&mut kept);
@@ -133,9 +139,6 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
         kept.insert("namespace".into(), Value::String(namespace.clone()));
     }
     canonical.insert("metadata".into(), Value::Object(kept));
-    if !is_reduced {
-        canonical.remove("status");
-    }
     let key = ResourceKey::new(info.group, info.kind, &namespace, &name);
     let body = Body::from_value(&Value::Object(canonical));
     let size = encoded_len.unwrap_or(body.json().len());
@@ -147,6 +150,18 @@ pub fn parse_object_within(value: &Value, limits: &Limits) -> Result<ValidObject
         ));
     }
     Ok(ValidObject { key, body })
+}
+
+/// The kind an object's `apiVersion` and `kind` name.
+fn kind_of(obj: &Map<String, Value>) -> Result<&'static KindInfo, String> {
+    let api_version = str_field(obj, "apiVersion")?;
+    let kind = str_field(obj, "kind")?;
+    let group = match api_version.rsplit_once('/') {
+        Some((group, _version)) => group,
+        None => "", // "v1": the core group
+    };
+    kinds::lookup(group, kind)
+        .ok_or_else(|| format!("unknown kind {kind} in apiVersion {api_version} (Keelson knows: {})", known_kinds()))
 }
 
 /// Checks a key against the same rules [`parse_object`] applies, for
@@ -256,6 +271,11 @@ pub fn encode_resource(
     version: u64,
     created_at: std::time::SystemTime,
 ) -> Option<Result<Bytes, String>> {
+    // Registry kinds (Services, EndpointSlices, Pods: most objects of a
+    // cluster) have no wire form: skip parsing their bodies.
+    if let Encoding::Kubernetes { .. } = info.encoding {
+        return None;
+    }
     let value = body.to_value();
     let mut spec = value.get("spec").and_then(Value::as_object).cloned().unwrap_or_default();
     match info.encoding {

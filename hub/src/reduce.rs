@@ -74,11 +74,14 @@ fn node(obj: &Map<String, Value>) -> Map<String, Value> {
 }
 
 fn header(obj: &Map<String, Value>) -> Map<String, Value> {
-    pick(Some(&Value::Object(obj.clone())), &["apiVersion", "kind"])
+    pick_from(obj, &["apiVersion", "kind"])
 }
 
 fn pick(from: Option<&Value>, fields: &[&str]) -> Map<String, Value> {
-    let Some(from) = from.and_then(Value::as_object) else { return Map::new() };
+    from.and_then(Value::as_object).map(|from| pick_from(from, fields)).unwrap_or_default()
+}
+
+fn pick_from(from: &Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
     fields.iter().filter_map(|f| from.get(*f).map(|v| (f.to_string(), v.clone()))).collect()
 }
 

@@ -552,14 +552,23 @@ impl Ingest {
         if self.state.seq - self.checkpointed < due {
             return;
         }
-        let (store, state) = (self.shared.store.clone(), self.state.clone());
+        let (store, state, metrics) = (self.shared.store.clone(), self.state.clone(), self.shared.metrics.clone());
         self.checkpointed = state.seq;
+        metrics.checkpoint_writing.set(1);
         self.checkpointing = Some(tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             match store.write_checkpoint(&state) {
-                Ok(()) => tracing::info!(seq = state.seq, ms = t.elapsed().as_millis() as u64, "checkpoint written"),
-                Err(e) => tracing::error!(seq = state.seq, "checkpoint failed (the log is intact): {e}"),
+                Ok(()) => {
+                    tracing::info!(seq = state.seq, ms = t.elapsed().as_millis() as u64, "checkpoint written");
+                    metrics.checkpoints_written.inc();
+                    metrics.checkpoint_seq.set(i64::try_from(state.seq).unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    tracing::error!(seq = state.seq, "checkpoint failed (the log is intact): {e}");
+                    metrics.checkpoint_failures.inc();
+                }
             }
+            metrics.checkpoint_writing.set(0);
         }));
     }
 }

@@ -57,7 +57,11 @@ pub struct Serving {
 
 impl Serving {
     pub fn of(body: &Body) -> Self {
-        let Some(meta) = MetadataView::of(body) else { return Serving::default() };
+        Self::stated(MetadataView::of(body).as_ref())
+    }
+
+    fn stated(meta: Option<&MetadataView>) -> Self {
+        let Some(meta) = meta else { return Serving::default() };
         let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
         let ttl = meta.annotations.as_ref().and_then(|a| a.get(TTL_ANNOTATION));
         let ttl = ttl.and_then(|t| humantime::parse_duration(t).ok());
@@ -87,7 +91,8 @@ impl Serving {
 }
 
 impl ResourceEntry {
-    /// Builds an entry and encodes its wire form.
+    /// Builds an entry and encodes its wire form. Its creation time is the
+    /// one the body states (`metadata.creationTimestamp`), else `created_if_unstated`.
     pub fn new(
         key: &ResourceKey,
         version: u64,
@@ -95,19 +100,17 @@ impl ResourceEntry {
         origin: SourceId,
         source_version: String,
         location: String,
-        created_at: SystemTime,
+        created_if_unstated: SystemTime,
     ) -> Self {
+        // One metadata read serves both (it skips over the whole body).
+        let meta = MetadataView::of(&body);
+        let created_at = meta.as_ref().and_then(MetadataView::creation).unwrap_or(created_if_unstated);
         let encoded = kinds::lookup(&key.group, &key.kind)
             .and_then(|info| encode_resource(info, key, &body, version, created_at))
             .and_then(|r| r.map_err(|e| tracing::error!(%key, version, "cannot encode a validated object: {e}")).ok());
-        let serving = Serving::of(&body);
+        let serving = Serving::stated(meta.as_ref());
         ResourceEntry { version, body, origin, source_version, location, encoded, created_at, serving }
     }
-}
-
-/// The creation time an object's body states, if it states one.
-pub(crate) fn stated_creation(body: &Body) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(&MetadataView::of(body)?.creation_timestamp?).ok()
 }
 
 /// The metadata fields the hub reads of a body. Deserializing only these
@@ -125,6 +128,10 @@ struct MetadataView {
 }
 
 impl MetadataView {
+    fn creation(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(self.creation_timestamp.as_deref()?).ok()
+    }
+
     fn of(body: &Body) -> Option<MetadataView> {
         #[derive(serde::Deserialize)]
         struct Object {
@@ -179,9 +186,9 @@ impl State {
                     // Same content: the version does not move, so a relist is free.
                     return Applied::Unchanged;
                 }
-                let created_at =
-                    stated_creation(&body).or_else(|| self.resources.get(&key).map(|e| e.created_at)).unwrap_or(ev.at);
-                let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location, created_at);
+                // Unstated: kept from the version it replaces, else the event's time.
+                let created = self.resources.get(&key).map_or(ev.at, |e| e.created_at);
+                let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location, created);
                 match self.resources.insert(key.clone(), Arc::new(entry)) {
                     Some(_) => Applied::Updated,
                     None => {
@@ -248,7 +255,7 @@ mod tests {
             "annotations": { "keelson.dev/ttl": "30s" }, "creationTimestamp": "2026-01-02T03:04:05Z" },
             "spec": { "deep": [{ "x": [1, 2, { "y": null }] }] } }));
         assert_eq!(Serving::of(&body).ttl, Some(std::time::Duration::from_secs(30)));
-        assert!(stated_creation(&body).is_some());
+        assert!(MetadataView::of(&body).and_then(|m| m.creation()).is_some());
         let labelled = Body::from_value(&serde_json::json!({ "metadata": { "labels": { "istio.io/rev": "canary" } } }));
         assert_eq!(Serving::of(&labelled).revision.as_deref(), Some("canary"));
     }

@@ -117,7 +117,7 @@ impl EventStore {
 
     /// Stores `state` as a checkpoint so restarts replay only what follows.
     pub fn write_checkpoint(&self, state: &State) -> Result<(), HubError> {
-        let blob = checkpoint::encode(state);
-        Ok(self.log.write_checkpoint(state.seq, checkpoint::FORMAT_V3, &blob)?)
+        let mut parts = checkpoint::encode_parts(state);
+        Ok(self.log.write_checkpoint_parts(state.seq, checkpoint::FORMAT_V4, &mut parts)?)
     }
 }

@@ -105,7 +105,9 @@ fn checksum(seq: u64, rest: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// A blob frame (checkpoint chunks and manifests): version, CRC32 of the body, body.
+/// A blob frame (the chunks and manifests of in-engine checkpoints, which
+/// are only read now, see `checkpoint::legacy`): version, CRC32 of the body, body.
+#[cfg(test)]
 pub fn encode_blob(body: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(5 + body.len());
     buf.push(FRAME_V1);

@@ -13,7 +13,8 @@
 //! * Appends are group-committed: concurrent appenders share one flush, and
 //!   [`EventLog::append`] returns only once its records are durable.
 //! * Reads: by seq range, by key (newest first), by time.
-//! * Checkpoints: opaque, versioned blobs of materialized state at a seq.
+//! * Checkpoints: opaque, versioned blobs of materialized state at a seq, one
+//!   file each beside the engine (`DIR/checkpoints/`).
 //! * Retention: keep everything (default), or N days / N versions per key,
 //!   never past the latest checkpoint.
 //! * [`EventLog::verify`] checks every record and index entry; a damaged store
@@ -36,7 +37,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, DIR_NAME as CHECKPOINT_DIR};
 pub use error::{Result, StorageError};
 pub use frame::{MAX_KEY_LEN, Record, RecordKind};
 pub use health::FLUSH_TIMEOUT;
@@ -100,8 +101,16 @@ pub trait EventLog: Send + Sync {
     fn seq_at_or_after(&self, at: SystemTime) -> Result<Option<u64>>;
 
     /// Stores an opaque state blob describing the log up to `seq`, in caller
-    /// format `format`. `seq` must not be ahead of the durable log.
-    fn write_checkpoint(&self, seq: u64, format: u32, blob: &[u8]) -> Result<()>;
+    /// format `format`, durably. `seq` must not be ahead of the durable log.
+    /// A checkpoint that cannot be written is an error for this call only:
+    /// the log keeps taking writes.
+    fn write_checkpoint(&self, seq: u64, format: u32, blob: &[u8]) -> Result<()> {
+        self.write_checkpoint_parts(seq, format, &mut std::iter::once(blob.to_vec()))
+    }
+
+    /// [`EventLog::write_checkpoint`] of the blob made of `parts` in order,
+    /// written as they come, so a large state need not be encoded whole.
+    fn write_checkpoint_parts(&self, seq: u64, format: u32, parts: &mut dyn Iterator<Item = Vec<u8>>) -> Result<()>;
 
     /// The newest intact checkpoint at or before `seq` (use `u64::MAX` for the
     /// newest). Damaged checkpoints are skipped and logged.

@@ -44,6 +44,8 @@ pub struct SledEventLog {
     pub(crate) db: sled::Db,
     /// Records and their indexes, see [`keys`].
     pub(crate) log: sled::Tree,
+    /// Where checkpoints lived before they became files; emptied on open
+    /// (see `checkpoint::legacy`).
     pub(crate) checkpoints: sled::Tree,
     /// Raw bytes of records and checkpoints that `repair` wrote off.
     pub(crate) quarantine: sled::Tree,
@@ -153,6 +155,8 @@ impl SledEventLog {
             health: Health::default(),
             repair_report: None,
         };
+        checkpoint::legacy::migrate(&this)?;
+        checkpoint::remove_temporaries(&this)?;
         let (mut last_seq, mut last_at) = this.read_tail()?;
         let acknowledged = match reading {
             MarkReading::Seq(seq) => seq,
@@ -437,14 +441,15 @@ impl EventLog for SledEventLog {
         Ok(found)
     }
 
-    fn write_checkpoint(&self, seq: u64, format: u32, blob: &[u8]) -> Result<()> {
+    fn write_checkpoint_parts(&self, seq: u64, format: u32, parts: &mut dyn Iterator<Item = Vec<u8>>) -> Result<()> {
         let last = self.commit.durable();
         if seq > last {
             return Err(StorageError::CheckpointAhead { seq, last });
         }
+        // Not guarded: a checkpoint file that cannot be written leaves the
+        // records and the engine as they were (see `checkpoint::write`).
         self.health.check()?;
-        self.health.guard(checkpoint::write(self, seq, format, blob))?;
-        self.flush()
+        checkpoint::write(self, seq, format, parts)
     }
 
     fn checkpoint_at_or_before(&self, seq: u64) -> Result<Option<Checkpoint>> {
@@ -473,7 +478,7 @@ impl EventLog for SledEventLog {
     fn flush(&self) -> Result<()> {
         self.health.check()?;
         let target = self.applied.load(Ordering::Acquire);
-        // A zero target still flushes: checkpoints and metadata live outside the seq order.
+        // A zero target still flushes: metadata lives outside the seq order.
         if target == 0 || self.commit.durable() >= target {
             self.health.guard(self.flusher.flush(0, self.db.clone(), FLUSH_TIMEOUT))?;
             return Ok(());

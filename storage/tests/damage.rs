@@ -133,13 +133,11 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
         log.write_checkpoint(9, 1, b"state at nine").unwrap();
     }
     {
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        let t = db.open_tree("checkpoints").unwrap();
-        let key = [&[b'D'][..], &9u64.to_be_bytes(), &0u32.to_be_bytes()].concat();
-        let mut v = t.get(&key).unwrap().unwrap().to_vec();
-        v[6] ^= 0x40;
-        t.insert(key, v).unwrap();
-        db.flush().unwrap();
+        let file = dir.path().join("checkpoints").join(format!("{:020}.ckpt", 9));
+        let mut raw = std::fs::read(&file).unwrap();
+        let last = raw.len() - 1; // a byte of the blob
+        raw[last] ^= 0x40;
+        std::fs::write(&file, raw).unwrap();
     }
     let log = open(dir.path(), false).unwrap();
     let cp = log.checkpoint_at_or_before(u64::MAX).unwrap().unwrap();
@@ -150,6 +148,46 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
     let log = open(dir.path(), true).unwrap();
     assert_eq!(log.repair_report().unwrap().quarantined_checkpoints, vec![9]);
     assert!(log.verify().unwrap().is_ok());
+    let aside: Vec<_> = std::fs::read_dir(dir.path().join("quarantine")).unwrap().flatten().collect();
+    assert!(aside.iter().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-9.")), "{aside:?}");
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_fails_alone_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path(), 10);
+    let log = open(dir.path(), false).unwrap();
+    log.write_checkpoint(5, 1, b"state at five").unwrap();
+    // The checkpoint directory becomes unusable: a plain file in its place.
+    let cps = dir.path().join("checkpoints");
+    std::fs::rename(&cps, dir.path().join("checkpoints.moved")).unwrap();
+    std::fs::write(&cps, b"not a directory").unwrap();
+    let err = log.write_checkpoint(9, 1, b"state at nine").unwrap_err();
+    assert!(err.to_string().contains("checkpoints"), "the error names the path: {err}");
+    assert_eq!(log.failure(), None, "the log did not fail");
+    assert_eq!(log.append(&[NewRecord::default()]).unwrap().first, 11);
+    // Once the directory is back, checkpoints work again.
+    std::fs::remove_file(&cps).unwrap();
+    std::fs::rename(dir.path().join("checkpoints.moved"), &cps).unwrap();
+    log.write_checkpoint(11, 1, b"state at eleven").unwrap();
+    drop(log);
+    let log = open(dir.path(), false).unwrap();
+    let cp = log.checkpoint_at_or_before(u64::MAX).unwrap().unwrap();
+    assert_eq!((cp.seq, cp.blob.as_slice()), (11, &b"state at eleven"[..]));
+    assert!(log.verify().unwrap().is_ok());
+}
+
+#[test]
+fn an_unfinished_checkpoint_file_is_removed_on_open_and_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path(), 10);
+    open(dir.path(), false).unwrap().write_checkpoint(5, 1, b"state at five").unwrap();
+    // What a crash in the middle of writing the checkpoint of seq 9 leaves.
+    let temp = dir.path().join("checkpoints").join(format!("{:020}.ckpt.tmp", 9));
+    std::fs::write(&temp, b"KLCP half a header").unwrap();
+    let log = open(dir.path(), false).unwrap();
+    assert!(!temp.exists());
+    assert_eq!(log.checkpoint_at_or_before(u64::MAX).unwrap().unwrap().seq, 5);
 }
 
 #[test]

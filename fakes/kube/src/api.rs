@@ -138,12 +138,16 @@ pub(crate) fn list(inner: &Inner, path: &ResourcePath, opts: &ListOptions) -> Re
     if let Some(token) = next {
         metadata["continue"] = json!(token);
     }
-    Ok(json!({
-        "kind": format!("{}List", kind.kind),
-        "apiVersion": kind.api_version(&path.version),
-        "metadata": metadata,
-        "items": items,
-    }))
+    // Built by moving the page's items: `json!` would serialize them into a
+    // second copy first, which was a quarter of this fake's CPU in the
+    // Kubernetes benchmark (one page is 500 Pods).
+    let list = [
+        ("kind", Value::from(format!("{}List", kind.kind))),
+        ("apiVersion", Value::from(kind.api_version(&path.version))),
+        ("metadata", metadata),
+        ("items", Value::Array(items)),
+    ];
+    Ok(Value::Object(list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
 }
 
 fn items_last_key(items: &[Value]) -> ObjectKey {

@@ -174,7 +174,8 @@ impl Drop for FakeKube {
 
 pub(crate) fn json_response(code: u16, body: &Value) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 fn error_response(e: ApiError) -> Response {
