@@ -17,6 +17,37 @@ use serde_json::{Map, Value};
 pub const NODE_LOCALITY_LABELS: &[&str] =
     &["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
+/// Which fields of an object a reduction reads: all of a value, or only the
+/// named fields of a mapping. A source may drop the rest as it decodes an
+/// object, before building it (a Pod's containers and their statuses are
+/// most of it); reducing the kept part gives the same body.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep {
+    All,
+    Only(&'static [(&'static str, Keep)]),
+}
+
+/// What [`reduced`] reads of a Pod besides its metadata.
+pub const POD_READS: Keep = Keep::Only(&[
+    ("spec", Keep::Only(&[("nodeName", Keep::All)])),
+    (
+        "status",
+        Keep::Only(&[("phase", Keep::All), ("podIP", Keep::All), ("podIPs", Keep::All), ("conditions", Keep::All)]),
+    ),
+]);
+
+/// What [`reduced`] reads of a Node besides its metadata: nothing.
+pub const NODE_READS: Keep = Keep::Only(&[]);
+
+/// What [`reduced`] reads of an object of `group`/`kind` besides its metadata.
+pub fn reads(group: &str, kind: &str) -> Keep {
+    match (group, kind) {
+        ("", "Pod") => POD_READS,
+        ("", "Node") => NODE_READS,
+        _ => Keep::All,
+    }
+}
+
 /// The reduced form of a Pod or Node, `None` for every other kind (they keep
 /// their whole body, minus metadata noise and status).
 pub(crate) fn reduced(group: &str, kind: &str, obj: &Map<String, Value>) -> Option<Map<String, Value>> {

@@ -4,9 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use keelson_hub::kinds::KindInfo;
 use keelson_hub::object::{Limits, parse_owned_object};
 use keelson_hub::{Op, ResourceKey};
-use kube::api::DynamicObject;
 use kube::core::ApiResource;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::object::Watched;
 
 /// Where an object sits in its cluster, as the log's `location`: its key
 /// without the cluster (`networking.istio.io/VirtualService/default/reviews`),
@@ -33,23 +34,24 @@ pub struct Invalid {
 }
 
 /// The upsert for a listed or changed object.
-pub fn upsert(
+pub fn upsert<F>(
     info: &KindInfo,
     resource: &ApiResource,
     cluster: &str,
-    obj: DynamicObject,
+    obj: Watched<F>,
     limits: &Limits,
 ) -> Result<Op, Invalid> {
-    let DynamicObject { metadata, data, .. } = obj;
+    let Watched { metadata, data: mut fields, .. } = obj;
     let namespace = metadata.namespace.clone().unwrap_or_default();
     let name = metadata.name.clone().unwrap_or_default();
     let location = location(info, &namespace, &name);
     let source_version = metadata.resource_version.clone().unwrap_or_default();
     let author = newest_manager(metadata.managed_fields.as_deref());
-    // The object is converted once, by moving: its data (spec, status…) as
-    // kube decoded it, and of its metadata only what the canonical body
-    // keeps (object.rs KEPT_METADATA). Serializing the whole DynamicObject
-    // back into a Value cost ~15% of the hub's CPU during a first listing.
+    // The object is converted once, by moving: its fields (spec, status…) as
+    // decoded (super::object), and of its metadata only what the canonical
+    // body keeps (object.rs KEPT_METADATA). Serializing a whole kube
+    // DynamicObject back into a Value cost ~15% of the hub's CPU during a
+    // first listing.
     let kept = ObjectMeta {
         name: metadata.name,
         namespace: metadata.namespace,
@@ -57,10 +59,6 @@ pub fn upsert(
         annotations: metadata.annotations,
         creation_timestamp: metadata.creation_timestamp,
         ..ObjectMeta::default()
-    };
-    let mut fields = match data {
-        Value::Object(fields) => fields,
-        _ => Map::new(),
     };
     let kept = serde_json::to_value(kept).map_err(|e| Invalid { location: location.clone(), error: e.to_string() })?;
     fields.insert("metadata".into(), kept);
@@ -74,7 +72,7 @@ pub fn upsert(
 }
 
 /// The delete for an object the API server says is gone.
-pub fn delete(info: &KindInfo, cluster: &str, obj: &DynamicObject) -> Op {
+pub fn delete<F>(info: &KindInfo, cluster: &str, obj: &Watched<F>) -> Op {
     let namespace = if info.namespaced { obj.metadata.namespace.clone().unwrap_or_default() } else { String::new() };
     let key = ResourceKey::new(info.group, info.kind, &namespace, obj.metadata.name.as_deref().unwrap_or_default());
     let key = if info.per_cluster { key.in_cluster(cluster) } else { key };
@@ -105,6 +103,7 @@ fn newest_manager(entries: Option<&[ManagedFieldsEntry]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubernetes::object::{AllFields, NodeFields, PodFields};
     use kube::core::GroupVersionKind;
 
     fn vs_resource() -> ApiResource {
@@ -114,8 +113,42 @@ mod tests {
         )
     }
 
-    fn object(value: serde_json::Value) -> DynamicObject {
+    fn object(value: serde_json::Value) -> Watched<AllFields> {
         serde_json::from_value(value).unwrap()
+    }
+
+    /// A Pod decoded with only what its reduction reads gives the same body
+    /// as the whole Pod through the one validation path (the file source's).
+    #[test]
+    fn a_pod_decoded_in_part_validates_to_the_body_of_the_whole_pod() {
+        let pod = serde_json::json!({ "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "reviews-v1-abc", "namespace": "default", "resourceVersion": "9",
+                "labels": { "app": "reviews" }, "creationTimestamp": "2026-01-01T00:00:00Z" },
+            "spec": { "nodeName": "node-1", "containers": [{ "name": "app", "image": "reviews:1" }],
+                "volumes": [{ "name": "v", "emptyDir": {} }] },
+            "status": { "phase": "Running", "podIP": "10.0.0.7", "podIPs": [{ "ip": "10.0.0.7" }],
+                "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+                "containerStatuses": [{ "name": "app", "restartCount": 3, "ready": true }] } });
+        let part: Watched<PodFields> = serde_json::from_value(pod.clone()).unwrap();
+        assert!(
+            part.data["spec"].get("containers").is_none() && part.data["status"].get("containerStatuses").is_none()
+        );
+        let info = keelson_hub::kinds::lookup("", "Pod").unwrap();
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods");
+        let Op::Upsert { body, .. } = upsert(info, &resource, "east", part, &Limits::default()).unwrap() else {
+            panic!("not an upsert")
+        };
+        assert_eq!(body, keelson_hub::object::parse_object(&pod).unwrap().body);
+        // A malformed field is kept as it is, for validation to name.
+        let odd: Watched<PodFields> = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p" }, "spec": "not a mapping", "status": null }))
+        .unwrap();
+        assert_eq!((odd.data["spec"].as_str(), odd.data["status"].is_null()), (Some("not a mapping"), true));
+        let node: Watched<NodeFields> = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "n", "labels": { "topology.kubernetes.io/zone": "a" } },
+            "status": { "conditions": [] }, "spec": { "podCIDR": "10.0.0.0/24" } }))
+        .unwrap();
+        assert!(node.data.is_empty(), "{:?}", node.data);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod convert;
 pub mod discovery;
 mod driver;
+pub mod object;
 pub mod watch;
 
 use std::future::Future;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use keelson_hub::Op;
 use keelson_hub::kinds::KindInfo;
 use keelson_hub::object::Limits;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use tokio_stream::StreamExt;
 
 use super::convert::{self, Invalid};
 use super::discovery::{Resolved, discovered, resolve};
+use super::object::{AllFields, Fields, NodeFields, PodFields, Watched};
 
 /// Which stream a message is about: its index in the driver's table.
 pub type StreamId = usize;
@@ -66,6 +67,15 @@ pub struct StreamSpec {
 
 /// Runs until the driver stops listening.
 pub async fn run(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) {
+    // Pods and Nodes are decoded with only what their reduction reads.
+    match (spec.info.group, spec.info.kind) {
+        ("", "Pod") => watch::<PodFields>(client, spec, tx).await,
+        ("", "Node") => watch::<NodeFields>(client, spec, tx).await,
+        _ => watch::<AllFields>(client, spec, tx).await,
+    }
+}
+
+async fn watch<F: Fields>(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) {
     let mut retry = Duration::from_millis(800);
     loop {
         let resource = match resolve(&client, spec.info).await {
@@ -88,7 +98,7 @@ pub async fn run(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) 
             }
         };
         retry = Duration::from_millis(800);
-        let api: Api<DynamicObject> = match &spec.namespace {
+        let api: Api<Watched<F>> = match &spec.namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
             None => Api::all_with(client.clone(), &resource),
         };
@@ -96,8 +106,20 @@ pub async fn run(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) 
         if let Some(selector) = spec.label_selector.as_deref().filter(|_| spec.info.namespaced) {
             config = config.labels(selector);
         }
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-        while let Some(item) = events.next().await {
+        // The watcher asks for a list's next page only once this task has
+        // taken every item of the current one; a pump task drains it into a
+        // page-sized queue, so the API server prepares page N+1 while this
+        // task converts page N (a 30,000-Pod first list is 60 pages).
+        let (queue, mut items) = mpsc::channel(PAGE_LOOKAHEAD);
+        let _pump = AbortOnDrop(tokio::spawn(async move {
+            let mut events = Box::pin(watcher(api, config).default_backoff());
+            while let Some(item) = events.next().await {
+                if queue.send(item).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        while let Some(item) = items.recv().await {
             let msg = match item {
                 Ok(Event::Init) => Msg::Init(spec.id),
                 Ok(Event::InitApply(obj)) => Msg::Listed(spec.id, upsert(&spec, &resource, obj)),
@@ -122,7 +144,19 @@ pub async fn run(client: kube::Client, spec: StreamSpec, tx: mpsc::Sender<Msg>) 
     }
 }
 
-fn upsert(spec: &StreamSpec, resource: &kube::core::ApiResource, obj: DynamicObject) -> Result<Op, Invalid> {
+/// Items queued between the watcher and the conversion: one list page.
+const PAGE_LOOKAHEAD: usize = 500;
+
+/// Stops the pump when its stream is left (a rediscovery, or the driver gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn upsert<F>(spec: &StreamSpec, resource: &kube::core::ApiResource, obj: Watched<F>) -> Result<Op, Invalid> {
     convert::upsert(spec.info, resource, &spec.cluster, obj, &spec.limits)
 }
 
