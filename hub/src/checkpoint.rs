@@ -356,7 +356,8 @@ mod tests {
         rkyv::to_bytes::<rancor::Error>(&cp).unwrap()
     }
 
-    fn clusters(n: u64) -> State {
+    /// `n` Clusters, from `origin`, with their index as source version.
+    fn clusters(n: u64, origin: SourceId) -> State {
         let mut state = State::default();
         for i in 0..n {
             let body = serde_json::json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
@@ -364,10 +365,10 @@ mod tests {
             state.apply(crate::Event {
                 seq: i + 1,
                 at: std::time::SystemTime::UNIX_EPOCH,
-                origin: SourceId { kind: SourceKind::File, name: "f".into(), cluster: String::new() },
+                origin: origin.clone(),
                 op: crate::Op::Upsert {
                     key: ResourceKey::new("xds.keelson.dev", "Cluster", "", &format!("c{i}")),
-                    source_version: String::new(),
+                    source_version: i.to_string(),
                     body: Body::from_value(&body),
                     location: String::new(),
                     author: String::new(),
@@ -379,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_large_state_is_written_in_chunks_and_read_back_whole() {
-        let state = clusters(2 * CHUNK_ENTRIES as u64 + 5);
+        let state = clusters(2 * CHUNK_ENTRIES as u64 + 5, SourceId::new(SourceKind::File, "f"));
         let parts: Vec<Vec<u8>> = encode_parts(&state).collect();
         assert_eq!(parts.len(), 4, "a header and three chunks");
         let blob = parts.concat();
@@ -397,23 +398,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_an_unaligned_copy() {
-        let mut state = State::default();
-        for i in 0..100u64 {
-            let body = serde_json::json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
-                "metadata": { "name": format!("c{i}") }, "spec": { "name": format!("c{i}") } });
-            state.apply(crate::Event {
-                seq: i + 1,
-                at: std::time::SystemTime::UNIX_EPOCH,
-                origin: SourceId { kind: SourceKind::Consul, name: "dc1".into(), cluster: "east".into() },
-                op: crate::Op::Upsert {
-                    key: ResourceKey::new("xds.keelson.dev", "Cluster", "", &format!("c{i}")),
-                    source_version: i.to_string(),
-                    body: Body::from_value(&body),
-                    location: String::new(),
-                    author: String::new(),
-                },
-            });
-        }
+        let state = clusters(100, SourceId { kind: SourceKind::Consul, name: "dc1".into(), cluster: "east".into() });
         assert!(state.resources.values().all(|e| e.encoded.is_some()));
         let blob = encode(&state);
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.

@@ -27,21 +27,32 @@ fn checkpointed(store: &EventStore) -> Option<u64> {
 
 /// Checkpoints are written in the background: poll for one.
 fn wait_checkpoint(store: &EventStore, at_least: u64) {
+    wait_for(&format!("a checkpoint at or after {at_least}"), || checkpointed(store).is_some_and(|s| s >= at_least));
+}
+
+/// Polls a condition with a deadline.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let end = Instant::now() + Duration::from_secs(20);
-    while checkpointed(store).is_none_or(|s| s < at_least) {
-        assert!(Instant::now() < end, "no checkpoint at or after {at_least}: {:?}", checkpointed(store));
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A hub with one file source that checkpoints every 10 events.
+async fn start_hub(dir: &std::path::Path) -> (EventStore, SourceId, Metrics, Hub) {
+    let store = EventStore::open(dir, OpenOptions { create: true, repair: false }).unwrap();
+    let files = SourceId::new(SourceKind::File, "conf");
+    let cfg = HubConfig { sources: vec![files.clone()], checkpoint_every_events: 10, ..HubConfig::default() };
+    let metrics = Metrics::default();
+    let hub = Hub::start(store.clone(), cfg, metrics.clone()).await.unwrap();
+    (store, files, metrics, hub)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EventStore::open(dir.path(), OpenOptions { create: true, repair: false }).unwrap();
-    let files = SourceId::new(SourceKind::File, "conf");
-    let cfg = HubConfig { sources: vec![files.clone()], checkpoint_every_events: 10, ..HubConfig::default() };
-    let metrics = Metrics::default();
-    let hub = Hub::start(store.clone(), cfg, metrics.clone()).await.unwrap();
+    let (store, files, metrics, hub) = start_hub(dir.path()).await;
     let h = hub.handle();
     // A cold start's listing, in pages, far past every_events.
     h.submit(files.clone(), vec![Op::SyncStart]).await.unwrap();
@@ -55,10 +66,7 @@ async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
     let done = h.submit(files.clone(), vec![Op::SyncDone]).await.unwrap();
     wait_checkpoint(&store, done.appended.unwrap().1);
     let first = checkpointed(&store).unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while metrics.checkpoint_writing.get() != 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("the checkpoint to finish", || metrics.checkpoint_writing.get() == 0);
     assert_eq!(metrics.checkpoints_written.get(), 1);
     assert_eq!((metrics.checkpoint_seq.get() as u64, metrics.checkpoint_writing.get()), (first, 0));
     assert_eq!(metrics.checkpoint_failures.get(), 0);
@@ -78,23 +86,10 @@ async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
     hub.stop().await.unwrap();
 }
 
-/// Polls a metric with a deadline.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_that_cannot_be_written_is_counted_and_the_hub_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EventStore::open(dir.path(), OpenOptions { create: true, repair: false }).unwrap();
-    let files = SourceId::new(SourceKind::File, "conf");
-    let cfg = HubConfig { sources: vec![files.clone()], checkpoint_every_events: 10, ..HubConfig::default() };
-    let metrics = Metrics::default();
-    let hub = Hub::start(store.clone(), cfg, metrics.clone()).await.unwrap();
+    let (store, files, metrics, hub) = start_hub(dir.path()).await;
     let h = hub.handle();
     // The checkpoint directory is unusable: a plain file where it belongs.
     let cps = dir.path().join(keelson_storage::CHECKPOINT_DIR);
