@@ -101,7 +101,10 @@ fn main() {
     let t = Instant::now();
     store.write_checkpoint(&state).unwrap();
     let write = t.elapsed().as_secs_f64();
-    println!("| checkpoint write (encode + chunked durable store) | {RESOURCES} resources | {:.0} ms | |", write * 1e3);
+    println!(
+        "| checkpoint write (encode in chunks + checkpoint file) | {RESOURCES} resources | {:.0} ms | |",
+        write * 1e3
+    );
     drop(store);
 
     // Load as a restart does: open, read the checkpoint, validate, rebuild State, replay the (empty) tail.

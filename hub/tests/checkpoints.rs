@@ -8,18 +8,8 @@ use keelson_hub::metrics::Metrics;
 use keelson_hub::{EventStore, Hub, HubConfig, Op, SourceId, SourceKind};
 use keelson_storage::OpenOptions;
 
-fn cluster(name: &str) -> Op {
-    let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
-        "spec": {"name": name, "type": "STATIC", "connect_timeout": "1s"}});
-    let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert {
-        key: v.key,
-        source_version: String::new(),
-        body: v.body,
-        location: String::new(),
-        author: String::new(),
-    }
-}
+mod support;
+use support::cluster;
 
 fn checkpointed(store: &EventStore) -> Option<u64> {
     store.log().checkpoint_at_or_before(u64::MAX).unwrap().map(|c| c.seq)
@@ -57,7 +47,7 @@ async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
     // A cold start's listing, in pages, far past every_events.
     h.submit(files.clone(), vec![Op::SyncStart]).await.unwrap();
     for page in 0..10 {
-        let ops = (0..20).map(|i| cluster(&format!("c{page}-{i}"))).collect();
+        let ops = (0..20).map(|i| cluster(&format!("c{page}-{i}"), "1s", "")).collect();
         h.submit(files.clone(), ops).await.unwrap();
     }
     assert!(h.current().is_none());
@@ -74,11 +64,11 @@ async fn no_checkpoint_before_the_first_snapshot_then_one_per_half_the_state() {
     // state in events (k new objects since: k >= (200 + k) / 2 at k = 199),
     // not every_events (10).
     for i in 0..150 {
-        h.submit(files.clone(), vec![cluster(&format!("n{i}"))]).await.unwrap();
+        h.submit(files.clone(), vec![cluster(&format!("n{i}"), "1s", "")]).await.unwrap();
     }
     assert_eq!(checkpointed(&store), Some(first), "150 events < half of 350 objects");
     for i in 150..260 {
-        h.submit(files.clone(), vec![cluster(&format!("n{i}"))]).await.unwrap();
+        h.submit(files.clone(), vec![cluster(&format!("n{i}"), "1s", "")]).await.unwrap();
     }
     wait_checkpoint(&store, first + 199);
     let second = checkpointed(&store).unwrap();
@@ -94,7 +84,7 @@ async fn a_checkpoint_that_cannot_be_written_is_counted_and_the_hub_goes_on() {
     // The checkpoint directory is unusable: a plain file where it belongs.
     let cps = dir.path().join(keelson_storage::CHECKPOINT_DIR);
     std::fs::write(&cps, b"in the way").unwrap();
-    let ops = [vec![Op::SyncStart], (0..20).map(|i| cluster(&format!("c{i}"))).collect(), vec![Op::SyncDone]];
+    let ops = [vec![Op::SyncStart], (0..20).map(|i| cluster(&format!("c{i}"), "1s", "")).collect(), vec![Op::SyncDone]];
     for ops in ops {
         h.submit(files.clone(), ops).await.unwrap();
     }
@@ -103,14 +93,14 @@ async fn a_checkpoint_that_cannot_be_written_is_counted_and_the_hub_goes_on() {
     let err = store.log().checkpoint_at_or_before(u64::MAX).unwrap_err().to_string();
     assert!(err.contains("checkpoints"), "reading checkpoints names the path in the way: {err}");
     // The hub still appends and publishes.
-    let next = h.submit(files.clone(), vec![cluster("after")]).await.unwrap();
+    let next = h.submit(files.clone(), vec![cluster("after", "1s", "")]).await.unwrap();
     let (_, last) = next.appended.unwrap();
     wait_for("the new snapshot", || h.current().is_some_and(|s| s.version >= last));
     assert!(store.log().failure().is_none(), "a checkpoint failure does not fail the log");
     // Once the way is clear, the next checkpoint is written.
     std::fs::remove_file(&cps).unwrap();
     for i in 0..20 {
-        h.submit(files.clone(), vec![cluster(&format!("n{i}"))]).await.unwrap();
+        h.submit(files.clone(), vec![cluster(&format!("n{i}"), "1s", "")]).await.unwrap();
     }
     wait_checkpoint(&store, last + 1);
     assert!(metrics.checkpoints_written.get() >= 1);

@@ -9,23 +9,13 @@ use keelson_hub::metrics::Metrics;
 use keelson_hub::{EventStore, Hub, HubConfig, HubHandle, Op, SourceId, SourceKind};
 use keelson_storage::OpenOptions;
 
-fn cluster(name: &str) -> Op {
-    let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster",
-        "spec": {"name": name, "type": "STATIC", "connect_timeout": "1s"}});
-    let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert {
-        key: v.key,
-        source_version: String::new(),
-        body: v.body,
-        location: format!("{name}.yaml:1"),
-        author: String::new(),
-    }
-}
+mod support;
+use support::cluster;
 
 /// A full listing of `names`, as a source sends after (re)connecting.
 fn listing(names: &[String]) -> Vec<Op> {
     let mut ops = vec![Op::SyncStart];
-    ops.extend(names.iter().map(|n| cluster(n)));
+    ops.extend(names.iter().map(|n| cluster(n, "1s", &format!("{n}.yaml:1"))));
     ops.push(Op::SyncDone);
     ops
 }
@@ -120,7 +110,7 @@ async fn relisting_releases_a_hold_and_an_operator_can_confirm_one() {
 
     // Explicit push API deletes are operator actions: never held.
     let api = SourceId::new(SourceKind::Api, "push");
-    h.submit(api.clone(), vec![cluster("solo")]).await.unwrap();
+    h.submit(api.clone(), vec![cluster("solo", "1s", "solo.yaml:1")]).await.unwrap();
     let del = Op::Delete {
         key: keelson_hub::ResourceKey::new("xds.keelson.dev", "Cluster", "", "solo"),
         source_version: String::new(),

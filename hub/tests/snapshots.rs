@@ -8,18 +8,8 @@ use keelson_hub::metrics::Metrics;
 use keelson_hub::{EventStore, Hub, HubConfig, HubHandle, Op, ResourceKey, Snapshot, SourceId, SourceKind};
 use keelson_storage::OpenOptions;
 
-fn cluster(name: &str, timeout: &str) -> Op {
-    let obj = serde_json::json!({"apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": {"name": name},
-        "spec": {"name": name, "type": "STATIC", "connect_timeout": timeout}});
-    let v = keelson_hub::object::parse_object(&obj).unwrap();
-    Op::Upsert {
-        key: v.key,
-        source_version: String::new(),
-        body: v.body,
-        location: String::new(),
-        author: String::new(),
-    }
-}
+mod support;
+use support::cluster;
 
 async fn after(hub: &HubHandle, version: u64) -> std::sync::Arc<Snapshot> {
     let end = Instant::now() + Duration::from_secs(20);
@@ -43,12 +33,12 @@ async fn snapshots_carry_kind_versions_and_the_keys_changed_since_the_last() {
     let api = SourceId::new(SourceKind::Api, "test");
     let key = |n: &str| ResourceKey::new(keelson_hub::kinds::ENVOY_GROUP, "Cluster", "", n);
 
-    let first = h.submit(api.clone(), vec![cluster("a", "1s"), cluster("b", "1s")]).await.unwrap();
+    let first = h.submit(api.clone(), vec![cluster("a", "1s", ""), cluster("b", "1s", "")]).await.unwrap();
     let s1 = after(&h, first.version).await;
     assert_eq!(s1.kind_version(keelson_hub::kinds::ENVOY_GROUP, "Cluster"), first.version);
     assert!(s1.changes.keys.contains(&key("a")) && s1.changes.keys.contains(&key("b")));
 
-    let second = h.submit(api.clone(), vec![cluster("b", "2s")]).await.unwrap();
+    let second = h.submit(api.clone(), vec![cluster("b", "2s", "")]).await.unwrap();
     let s2 = after(&h, second.version).await;
     assert_eq!(s2.changes.since, Some(s1.version), "the change set starts at the previous snapshot");
     assert_eq!(s2.changes.keys.iter().collect::<Vec<_>>(), [&key("b")]);
