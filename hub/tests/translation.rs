@@ -264,9 +264,14 @@ fn names_and_shapes_follow_istiod() {
         hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(filters.last(), Some(&"envoy.filters.http.router"), "the router is last");
     // Sidecars: one listener and route table per port, shared by the services on it.
-    let table = r[&derived("RouteConfiguration", "9080")].body.to_value();
+    // Its bytes are its virtual hosts' encodings laid end to end: they must
+    // decode as one RouteConfiguration.
+    let table = &r[&derived("RouteConfiguration", "9080")];
+    let any = <prost_types::Any as prost::Message>::decode(table.encoded.clone().unwrap()).unwrap();
+    let table = keelson_hub::transcode::decode_to_json("envoy.config.route.v3.RouteConfiguration", &any.value).unwrap();
+    assert_eq!(table["name"], "9080");
     let vhosts: Vec<&str> =
-        table["spec"]["virtual_hosts"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        table["virtual_hosts"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(vhosts, ["ratings.default.svc.cluster.local:9080".to_string(), format!("{HOST}:9080")]);
     assert!(!r[&derived("Listener", "127.0.0.1_9080")].serving.by_name);
     // Every locality group has a locality and a positive weight (gRPC insists).

@@ -22,14 +22,32 @@ mod unit;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::event::{Body, ResourceKey, SourceId, SourceKind};
 use crate::kinds::{self, ENVOY_GROUP};
 use crate::state::{ResourceEntry, State};
 pub use model::Inputs;
 pub use served::Served;
-use unit::{Built, Derived};
+use unit::{Built, Derived, Rebuild};
+
+/// Units to rebuild, and how much of each.
+type Dirty = BTreeMap<String, Rebuild>;
+
+fn mark(dirty: &mut Dirty, unit: String, what: Rebuild) {
+    dirty.entry(unit).and_modify(|w| *w = w.and(what)).or_insert(what);
+}
+
+/// What a change of `key` can alter in `unit`, which read it.
+fn extent(key: &ResourceKey, unit: &str) -> Rebuild {
+    match (key.group.as_str(), key.kind.as_str()) {
+        ("discovery.k8s.io", "EndpointSlice") | ("", "Pod" | "Node") => Rebuild::Endpoints,
+        ("networking.istio.io", "VirtualService") => Rebuild::Routes,
+        // Another service read as a route's destination (its only port).
+        ("", "Service") if unit.split_once('/') != Some((key.namespace.as_str(), key.name.as_str())) => Rebuild::Routes,
+        _ => Rebuild::All,
+    }
+}
 
 /// `[translate]` in keelson.toml.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +76,14 @@ pub fn origin() -> SourceId {
     SourceId::new(SourceKind::Hub, "translate")
 }
 
+/// The services on one port, and their sidecar virtual hosts in name order.
+#[derive(Default)]
+struct PortMembers {
+    /// Unit → (its Services' version, HTTP?, host).
+    services: BTreeMap<String, (u64, bool, String)>,
+    vhosts: BTreeMap<Arc<str>, Arc<unit::VirtualHost>>,
+}
+
 /// A unit's current output.
 struct Unit {
     ports: Vec<(u32, model::Protocol)>,
@@ -83,10 +109,13 @@ pub struct Translator {
     units: BTreeMap<String, Unit>,
     /// Input key → units that read it.
     consumers: HashMap<ResourceKey, BTreeSet<String>>,
-    port_units: BTreeMap<u32, BTreeSet<String>>,
+    /// What each port's listener and route table gather.
+    ports: BTreeMap<u32, PortMembers>,
     aggregates: BTreeMap<ResourceKey, Arc<ResourceEntry>>,
-    /// Current warnings per input object, per unit (or port) that found them.
-    warnings: BTreeMap<ResourceKey, BTreeMap<String, Vec<String>>>,
+    /// Current warnings, per unit (or port) that found them, per input object.
+    warnings: BTreeMap<String, BTreeMap<ResourceKey, Vec<String>>>,
+    /// Every derived resource, whoever built it.
+    all: HashMap<ResourceKey, Arc<ResourceEntry>>,
 }
 
 impl Translator {
@@ -100,9 +129,10 @@ impl Translator {
             names: BTreeMap::new(),
             units: BTreeMap::new(),
             consumers: HashMap::new(),
-            port_units: BTreeMap::new(),
+            ports: BTreeMap::new(),
             aggregates: BTreeMap::new(),
             warnings: BTreeMap::new(),
+            all: HashMap::new(),
         }
     }
 
@@ -112,27 +142,24 @@ impl Translator {
 
     /// Every derived resource, in key order.
     pub fn derived(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<ResourceEntry>)> {
-        let units = self.units.values().flat_map(|u| u.resources.iter());
-        let mut all: Vec<_> = units.chain(self.aggregates.iter()).collect();
+        let mut all: Vec<_> = self.all.iter().collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         all.into_iter()
     }
 
     pub fn get(&self, key: &ResourceKey) -> Option<&Arc<ResourceEntry>> {
-        if let Some(e) = self.aggregates.get(key) {
-            return Some(e);
-        }
-        self.units.values().find_map(|u| u.resources.get(key))
+        self.all.get(key)
     }
 
     /// Current warnings, per input object.
     pub fn warnings(&self) -> BTreeMap<&ResourceKey, Vec<&str>> {
         let mut out: BTreeMap<&ResourceKey, Vec<&str>> = BTreeMap::new();
-        for (k, by_owner) in &self.warnings {
-            let mut all: Vec<&str> = by_owner.values().flatten().map(String::as_str).collect();
+        for (k, messages) in self.warnings.values().flatten() {
+            out.entry(k).or_default().extend(messages.iter().map(String::as_str));
+        }
+        for all in out.values_mut() {
             all.sort_unstable();
             all.dedup();
-            out.insert(k, all);
         }
         out
     }
@@ -145,7 +172,7 @@ impl Translator {
         // Units whose service is gone without any input of theirs listed.
         let stale: Vec<String> = self.units.keys().filter(|u| !has_service(state, u)).cloned().collect();
         for u in stale {
-            changed.extend(self.rebuild_unit(state, &u, &mut BTreeSet::new()));
+            changed.extend(self.rebuild_unit(state, &u, Rebuild::All, &mut BTreeSet::new()));
         }
         changed
     }
@@ -153,17 +180,17 @@ impl Translator {
     /// Brings the derived resources up to `state`, given the keys that
     /// changed since the last call; returns the derived keys that changed.
     pub fn update(&mut self, state: &State, changed: &BTreeSet<ResourceKey>) -> BTreeSet<ResourceKey> {
-        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        let mut dirty = Dirty::new();
         for key in changed.iter().filter(|k| is_input(k)) {
-            if let Some(units) = self.consumers.get(key) {
-                dirty.extend(units.iter().cloned());
+            for u in self.consumers.get(key).into_iter().flatten() {
+                mark(&mut dirty, u.clone(), extent(key, u));
             }
             self.reindex(state, key, &mut dirty);
         }
         let mut out = BTreeSet::new();
         let mut ports = BTreeSet::new();
-        for u in &dirty {
-            out.extend(self.rebuild_unit(state, u, &mut ports));
+        for (u, what) in &dirty {
+            out.extend(self.rebuild_unit(state, u, *what, &mut ports));
         }
         for port in ports {
             out.extend(self.rebuild_port(state, port));
@@ -172,11 +199,11 @@ impl Translator {
     }
 
     /// Updates the indexes for one changed input; marks the units it aims at.
-    fn reindex(&mut self, state: &State, key: &ResourceKey, dirty: &mut BTreeSet<String>) {
+    fn reindex(&mut self, state: &State, key: &ResourceKey, dirty: &mut Dirty) {
         let entry = state.resources.get(key);
         match (key.group.as_str(), key.kind.as_str()) {
             ("", "Service") => {
-                dirty.insert(format!("{}/{}", key.namespace, key.name));
+                mark(dirty, format!("{}/{}", key.namespace, key.name), Rebuild::All);
                 let names = self.names.entry(key.name.clone()).or_default();
                 let before = names.len();
                 match model::every_cluster(state, "", "Service", &key.namespace, &key.name).count() {
@@ -185,7 +212,9 @@ impl Translator {
                 };
                 if names.len() != before {
                     // Bare domains of every namespace's service of this name change.
-                    dirty.extend(names.keys().map(|ns| format!("{ns}/{}", key.name)));
+                    for ns in names.keys() {
+                        mark(dirty, format!("{ns}/{}", key.name), Rebuild::Routes);
+                    }
                 }
                 if names.is_empty() {
                     self.names.remove(&key.name);
@@ -196,7 +225,7 @@ impl Translator {
                     if let Some(set) = self.slices_of.get_mut(&old) {
                         set.remove(key);
                     }
-                    dirty.insert(old);
+                    mark(dirty, old, Rebuild::Endpoints);
                 }
                 let owner = entry.and_then(|e| {
                     let v = e.body.to_value();
@@ -206,7 +235,7 @@ impl Translator {
                     let unit = format!("{}/{svc}", key.namespace);
                     self.slices_of.entry(unit.clone()).or_default().insert(key.clone());
                     self.slice_owner.insert(key.clone(), unit.clone());
-                    dirty.insert(unit);
+                    mark(dirty, unit, Rebuild::Endpoints);
                 }
             }
             ("networking.istio.io", "DestinationRule" | "VirtualService") => {
@@ -214,13 +243,13 @@ impl Translator {
                     if let Some(set) = self.aimed.get_mut(&aim) {
                         set.remove(key);
                     }
-                    self.mark_aim(&aim, dirty);
+                    self.mark_aim(key, &aim, dirty);
                 }
                 if let Some(e) = entry {
                     let aims = scope::departures(key, &e.body);
                     for aim in &aims {
                         self.aimed.entry(aim.clone()).or_default().insert(key.clone());
-                        self.mark_aim(aim, dirty);
+                        self.mark_aim(key, aim, dirty);
                     }
                     self.aims_of.insert(key.clone(), aims);
                 }
@@ -230,13 +259,20 @@ impl Translator {
     }
 
     /// Marks the units an aim (`dr:name.ns`, `vs:*`) reaches.
-    fn mark_aim(&self, aim: &str, dirty: &mut BTreeSet<String>) {
+    fn mark_aim(&self, key: &ResourceKey, aim: &str, dirty: &mut Dirty) {
         let target = aim.split_once(':').map_or("", |(_, t)| t);
+        let what = extent(key, "");
         if target == "*" {
-            dirty.extend(self.units.keys().cloned());
-            dirty.extend(self.names.iter().flat_map(|(n, nss)| nss.keys().map(move |ns| format!("{ns}/{n}"))));
+            for u in self.units.keys() {
+                mark(dirty, u.clone(), what);
+            }
+            for (n, nss) in &self.names {
+                for ns in nss.keys() {
+                    mark(dirty, format!("{ns}/{n}"), what);
+                }
+            }
         } else if let Some((name, ns)) = target.split_once('.').filter(|(_, ns)| !ns.contains('.')) {
-            dirty.insert(format!("{ns}/{name}"));
+            mark(dirty, format!("{ns}/{name}"), what);
         }
     }
 
@@ -252,7 +288,13 @@ impl Translator {
     }
 
     /// Rebuilds one unit; returns its changed keys and records changed ports.
-    fn rebuild_unit(&mut self, state: &State, unit: &str, ports: &mut BTreeSet<u32>) -> Vec<ResourceKey> {
+    fn rebuild_unit(
+        &mut self,
+        state: &State,
+        unit: &str,
+        what: Rebuild,
+        ports: &mut BTreeSet<u32>,
+    ) -> Vec<ResourceKey> {
         let (namespace, name) = unit.split_once('/').expect("units are ns/name");
         let empty = BTreeSet::new();
         let rules = self.aimed_at("dr", namespace, name);
@@ -263,7 +305,9 @@ impl Translator {
             routes: &routes,
             namespaces_with_name: self.names.get(name).map_or(0, BTreeMap::len),
         };
-        let built = unit::build(state, namespace, name, &lookups, &self.cfg);
+        // A partial rebuild needs the rest from the unit as it was.
+        let what = if self.units.contains_key(unit) { what } else { Rebuild::All };
+        let built = unit::build(state, namespace, name, &lookups, &self.cfg, what);
         let old = self.units.remove(unit);
         if let Some(old) = &old {
             for k in &old.consulted {
@@ -275,48 +319,85 @@ impl Translator {
                 }
             }
             for (p, _) in &old.ports {
-                if let Some(set) = self.port_units.get_mut(p) {
-                    set.remove(unit);
+                if let Some(members) = self.ports.get_mut(p) {
+                    members.services.remove(unit);
+                    if let Some(v) = old.vhosts.get(p) {
+                        members.vhosts.remove(&v.name);
+                    }
                 }
             }
         }
         let old_service_version = old.as_ref().map(|u| u.service_version);
-        let (old_resources, old_vhosts, old_ports) = old.map(|u| (u.resources, u.vhosts, u.ports)).unwrap_or_default();
+        let (old_resources, old_vhosts, old_ports, old_consulted) =
+            old.map(|u| (u.resources, u.vhosts, u.ports, u.consulted)).unwrap_or_default();
         let mut changed = Vec::new();
         let Some(built) = built else {
+            for k in old_resources.keys() {
+                self.all.remove(k);
+            }
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
             self.clear_warnings_of(unit);
             return changed;
         };
-        let Built { resources, vhosts, warnings, consulted, ports: new_ports, service_version: built_service_version } =
-            built;
-        let mut entries = BTreeMap::new();
-        for d in resources {
-            let prev = old_resources.get(&d.key);
-            if let Some(entry) = self.encode(unit, d, prev) {
-                if prev.is_none_or(|p| !Arc::ptr_eq(p, &entry)) {
-                    changed.push(entry_key(&entry));
+        let Built { resources, mut vhosts, mut warnings, mut consulted, ports: new_ports, service_version } = built;
+        let known = self.warnings.remove(unit).unwrap_or_default();
+        if what != Rebuild::All {
+            // What this rebuild did not recompute stays as it was.
+            if !what.covers("RouteConfiguration") {
+                vhosts = old_vhosts.clone();
+            }
+            consulted.extend(old_consulted);
+            for (k, m) in &known {
+                let kept = (k.kind == "DestinationRule" && !what.covers("Cluster"))
+                    || (k.kind == "VirtualService" && !what.covers("RouteConfiguration"));
+                if kept {
+                    let all = warnings.entry(k.clone()).or_default();
+                    all.extend(m.iter().cloned());
+                    all.sort();
+                    all.dedup();
                 }
-                entries.insert(entry_key(&entry), entry);
             }
         }
-        changed.extend(old_resources.keys().filter(|k| !entries.contains_key(*k)).cloned());
+        let mut entries = BTreeMap::new();
+        for d in resources {
+            let key = d.key.clone();
+            let prev = old_resources.get(&key);
+            if let Some(entry) = self.encode(unit, d, prev) {
+                if prev.is_none_or(|p| !Arc::ptr_eq(p, &entry)) {
+                    changed.push(key.clone());
+                }
+                entries.insert(key, entry);
+            }
+        }
+        for (k, e) in old_resources.iter().filter(|(k, _)| !what.covers(&k.kind)) {
+            entries.insert(k.clone(), e.clone());
+        }
+        for k in old_resources.keys().filter(|k| !entries.contains_key(*k)) {
+            self.all.remove(k);
+            changed.push(k.clone());
+        }
+        for (k, e) in &entries {
+            self.all.insert(k.clone(), e.clone());
+        }
         // The port tables gather virtual hosts and read the Services on
         // them: rebuilt when either moved, not for an endpoint change.
-        let service_version = built_service_version;
         if old_ports != new_ports || old_vhosts != vhosts || old_service_version != Some(service_version) {
             ports.extend(old_ports.iter().chain(new_ports.iter()).map(|(p, _)| *p));
         }
         for k in &consulted {
             self.consumers.entry(k.clone()).or_default().insert(unit.to_string());
         }
-        for (p, _) in &new_ports {
-            self.port_units.entry(*p).or_default().insert(unit.to_string());
+        let host = model::kube_host(namespace, name, &self.cfg.domain_suffix);
+        for (p, proto) in &new_ports {
+            let members = self.ports.entry(*p).or_default();
+            members.services.insert(unit.to_string(), (service_version, proto.is_http(), host.clone()));
+            if let Some(v) = vhosts.get(p) {
+                members.vhosts.insert(v.name.clone(), Arc::new(v.clone()));
+            }
         }
-        self.clear_warnings_of(unit);
         for (k, messages) in warnings {
-            self.warn(unit, k, messages);
+            self.warn(unit, k, messages, &known);
         }
         self.units.insert(
             unit.to_string(),
@@ -326,32 +407,48 @@ impl Translator {
     }
 
     fn clear_warnings_of(&mut self, owner: &str) {
-        self.warnings.retain(|_, by_owner| {
-            by_owner.remove(owner);
-            !by_owner.is_empty()
-        });
+        self.warnings.remove(owner);
     }
 
-    /// Records an input's warnings found by `owner`, logging new ones.
-    fn warn(&mut self, owner: &str, key: ResourceKey, messages: Vec<String>) {
-        let known =
-            self.warnings.get(&key).map(|o| o.values().flatten().cloned().collect::<BTreeSet<_>>()).unwrap_or_default();
-        for m in messages.iter().filter(|m| !known.contains(*m)) {
+    /// Records an input's warnings found by `owner`, logging those not in
+    /// `known` (what the owner reported last time).
+    fn warn(
+        &mut self,
+        owner: &str,
+        key: ResourceKey,
+        messages: Vec<String>,
+        known: &BTreeMap<ResourceKey, Vec<String>>,
+    ) {
+        let before = known.get(&key);
+        for m in messages.iter().filter(|m| before.is_none_or(|b| !b.contains(m))) {
             tracing::warn!(object = %key, "translation: {m}");
         }
-        self.warnings.entry(key).or_default().insert(owner.to_string(), messages);
+        self.warnings.entry(owner.to_string()).or_default().insert(key, messages);
     }
 
     /// Encodes a derived resource, reusing `prev` when nothing changed.
     fn encode(&mut self, owner: &str, d: Derived, prev: Option<&Arc<ResourceEntry>>) -> Option<Arc<ResourceEntry>> {
         let body = derived_body(&d);
-        if let Some(p) = prev.filter(|p| p.version == d.inputs.version && p.body.hash() == body.hash()) {
+        let same = |p: &&Arc<ResourceEntry>| {
+            p.version == d.inputs.version
+                && p.body.hash() == body.hash()
+                && d.encoded.as_ref().is_none_or(|e| p.encoded.as_ref() == Some(e))
+        };
+        if let Some(p) = prev.filter(same) {
             return Some(p.clone());
         }
         let info = kinds::lookup(ENVOY_GROUP, &d.key.kind).expect("derived kinds are Envoy kinds");
-        match crate::object::encode_resource(info, &d.key, &body, d.inputs.version, std::time::UNIX_EPOCH) {
-            Some(Ok(encoded)) => {
-                let serving = crate::state::Serving::of(&body);
+        // Straight from the spec built here (it names itself): the body is
+        // its record, not parsed back.
+        let encoded = match d.encoded.clone() {
+            Some(bytes) => Ok(bytes),
+            None => crate::transcode::encode_json(info.message().expect("an Envoy kind"), &d.spec)
+                .map(|value| crate::transcode::encode_any(&info.type_url().expect("an Envoy kind"), &value))
+                .map_err(|e| e.to_string()),
+        };
+        match encoded {
+            Ok(encoded) => {
+                let serving = crate::state::Serving { by_name: d.by_name, ..Default::default() };
                 Some(Arc::new(ResourceEntry {
                     version: d.inputs.version,
                     body,
@@ -363,8 +460,7 @@ impl Translator {
                     serving,
                 }))
             }
-            other => {
-                let error = other.and_then(Result::err).unwrap_or_default();
+            Err(error) => {
                 let blame = d.inputs.read.iter().next_back().cloned().unwrap_or(d.key.clone());
                 self.warn(
                     owner,
@@ -373,82 +469,69 @@ impl Translator {
                         "derived {} {} cannot be encoded, so it is not served: {error}",
                         d.key.kind, d.key.name
                     )],
+                    &BTreeMap::new(),
                 );
                 None
             }
         }
     }
 
-    /// Rebuilds the outbound listener and route table of one port.
+    /// Rebuilds the outbound listener and route table of one port. The
+    /// table is the virtual hosts' encoded bytes laid end to end: one
+    /// VirtualService change costs a copy of the table, not a transcode of
+    /// every service on the port.
     fn rebuild_port(&mut self, state: &State, port: u32) -> Vec<ResourceKey> {
-        let units: Vec<&Unit> =
-            self.port_units.get(&port).into_iter().flatten().filter_map(|u| self.units.get(u)).collect();
-        let mut vhosts: Vec<unit::VirtualHost> = units.iter().filter_map(|u| u.vhosts.get(&port).cloned()).collect();
-        vhosts.sort_by(|a, b| a.json["name"].as_str().cmp(&b.json["name"].as_str()));
+        let mut tcp_clusters = Vec::new();
         let mut listener_inputs = Inputs::default();
         listener_inputs.scope(state, &scope::service_port(port));
-        let mut tcp_clusters = Vec::new();
-        for u in &units {
-            let svc_keys = u.consulted.iter().filter(|k| k.kind == "Service");
-            for k in svc_keys {
-                if let Some(e) = state.resources.get(k) {
-                    listener_inputs.saw(k, e.version);
-                }
-            }
-            if u.ports.iter().any(|(p, proto)| *p == port && !proto.is_http()) {
-                tcp_clusters.extend(
-                    u.resources
-                        .keys()
-                        .filter(|k| k.kind == "Cluster" && k.name.starts_with(&format!("outbound|{port}||")))
-                        .map(|k| k.name.clone()),
-                );
+        let empty = PortMembers::default();
+        let members = self.ports.get(&port).unwrap_or(&empty);
+        for (version, http, host) in members.services.values() {
+            listener_inputs.version = listener_inputs.version.max(*version);
+            if !http {
+                tcp_clusters.push(cluster::cluster_name(port, "", host));
             }
         }
-        drop(units);
+        tcp_clusters.sort();
+        let vhosts: Vec<&unit::VirtualHost> = members.vhosts.values().map(|v| &**v).collect();
         let mut route_inputs = listener_inputs.clone();
         for v in &vhosts {
-            route_inputs.merge(&v.inputs);
+            route_inputs.version = route_inputs.version.max(v.inputs.version);
         }
+        let names: Vec<Arc<str>> = vhosts.iter().map(|v| v.name.clone()).collect();
+        let table = (!vhosts.is_empty()).then(|| route_table(&port.to_string(), &vhosts));
         let address = self.cfg.outbound_address.clone();
         let owner = format!("port {port}");
-        self.clear_warnings_of(&owner);
+        let known = self.warnings.remove(&owner).unwrap_or_default();
         let listener_key = ResourceKey::new(ENVOY_GROUP, "Listener", "", &listener::outbound_name(&address, port));
         let route_key = ResourceKey::new(ENVOY_GROUP, "RouteConfiguration", "", &port.to_string());
         let mut wanted = Vec::new();
-        if !vhosts.is_empty() {
-            let virtual_hosts: Vec<Value> = vhosts.into_iter().map(|v| v.json).collect();
-            let spec = json!({ "name": port.to_string(), "virtual_hosts": virtual_hosts, "validate_clusters": false });
-            wanted.push(Derived { key: route_key.clone(), spec, inputs: route_inputs, by_name: false });
+        let derived = |key: &ResourceKey, spec, inputs, gathers: &[Arc<str>], encoded| Derived {
+            key: key.clone(),
+            spec,
+            inputs,
+            by_name: false,
+            gathers: gathers.to_vec(),
+            encoded,
+        };
+        if let Some(table) = table {
+            let spec = json!({ "name": port.to_string(), "validate_clusters": false });
+            wanted.push(derived(&route_key, spec, route_inputs, &names, Some(table)));
             if !tcp_clusters.is_empty() {
-                self.warn(
-                    &owner,
-                    listener_key.clone(),
-                    vec![format!(
-                        "port {port} has HTTP and TCP services; the TCP ones ({}) get no outbound listener",
-                        tcp_clusters.join(", ")
-                    )],
+                let m = format!(
+                    "port {port} has HTTP and TCP services; the TCP ones ({}) get no outbound listener",
+                    tcp_clusters.join(", ")
                 );
+                self.warn(&owner, listener_key.clone(), vec![m], &known);
             }
-            wanted.push(Derived {
-                key: listener_key.clone(),
-                spec: listener::outbound_http(&address, port),
-                inputs: listener_inputs,
-                by_name: false,
-            });
+            wanted.push(derived(&listener_key, listener::outbound_http(&address, port), listener_inputs, &[], None));
         } else if let Some(first) = tcp_clusters.first() {
             if tcp_clusters.len() > 1 {
-                self.warn(
-                    &owner,
-                    listener_key.clone(),
-                    vec![format!("port {port} has several TCP services; its listener proxies to {first} only")],
-                );
+                let m = format!("port {port} has several TCP services; its listener proxies to {first} only");
+                self.warn(&owner, listener_key.clone(), vec![m], &known);
             }
-            wanted.push(Derived {
-                key: listener_key.clone(),
-                spec: listener::outbound_tcp(&address, port, first),
-                inputs: listener_inputs,
-                by_name: false,
-            });
+            let spec = listener::outbound_tcp(&address, port, first);
+            wanted.push(derived(&listener_key, spec, listener_inputs, &[Arc::from(first.as_str())], None));
         }
         let mut changed = Vec::new();
         let mut present = BTreeSet::new();
@@ -461,10 +544,12 @@ impl Translator {
                     if prev.as_ref().is_none_or(|p| !Arc::ptr_eq(p, &e)) {
                         changed.push(k.clone());
                     }
+                    self.all.insert(k.clone(), e.clone());
                     self.aggregates.insert(k, e);
                 }
                 None => {
                     if self.aggregates.remove(&k).is_some() {
+                        self.all.remove(&k);
                         changed.push(k);
                     }
                 }
@@ -472,6 +557,7 @@ impl Translator {
         }
         for k in [listener_key, route_key] {
             if !present.contains(&k) && self.aggregates.remove(&k).is_some() {
+                self.all.remove(&k);
                 changed.push(k);
             }
         }
@@ -479,11 +565,33 @@ impl Translator {
     }
 }
 
-fn entry_key(e: &ResourceEntry) -> ResourceKey {
-    let v = e.body.to_value();
-    let kind = v["kind"].as_str().unwrap_or_default();
-    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    ResourceKey::new(ENVOY_GROUP, kind, "", name)
+/// A RouteConfiguration `{name, virtual_hosts, validate_clusters: false}`
+/// as an encoded `Any`, from its virtual hosts' encodings (fields in number
+/// order: name = 1, virtual_hosts = 2, validate_clusters = 7).
+fn route_table(name: &str, vhosts: &[&unit::VirtualHost]) -> bytes::Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    const TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let value_len = field(name.len()) + vhosts.iter().map(|v| field(v.encoded.len())).sum::<usize>() + field(0);
+    // The Any around it, written in place: type_url = 1, value = 2.
+    let mut buf = Vec::with_capacity(field(TYPE_URL.len()) + field(value_len));
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(TYPE_URL.len() as u64, &mut buf);
+    buf.extend_from_slice(TYPE_URL.as_bytes());
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(value_len as u64, &mut buf);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(name.len() as u64, &mut buf);
+    buf.extend_from_slice(name.as_bytes());
+    for v in vhosts {
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(v.encoded.len() as u64, &mut buf);
+        buf.extend_from_slice(&v.encoded);
+    }
+    // BoolValue{value: false}: the wrapper present, its value the default.
+    encode_key(7, WireType::LengthDelimited, &mut buf);
+    encode_varint(0, &mut buf);
+    bytes::Bytes::from(buf)
 }
 
 fn has_service(state: &State, unit: &str) -> bool {
@@ -502,19 +610,46 @@ pub fn is_input(key: &ResourceKey) -> bool {
 }
 
 /// The body of a derived resource: an `xds.keelson.dev/v1` object like a
-/// raw one, marked derived, naming its inputs.
+/// raw one, marked derived, naming its inputs. Serialized from borrowed
+/// parts, fields in the sorted order the canonical form has (`Body`).
 fn derived_body(d: &Derived) -> Body {
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(DERIVED_ANNOTATION.into(), json!("true"));
-    if d.by_name {
-        annotations.insert(BY_NAME_ANNOTATION.into(), json!("true"));
+    #[derive(serde::Serialize)]
+    struct Metadata<'a> {
+        annotations: BTreeMap<&'static str, &'static str>,
+        name: &'a str,
     }
-    let inputs: Vec<String> = d.inputs.read.iter().map(ToString::to_string).collect();
-    Body::from_value(&json!({
-        "apiVersion": "xds.keelson.dev/v1",
-        "kind": d.key.kind,
-        "metadata": { "name": d.key.name, "annotations": annotations },
-        "derivedFrom": inputs,
-        "spec": d.spec,
-    }))
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Derived<'a> {
+        api_version: &'static str,
+        derived_from: Vec<String>,
+        #[serde(skip_serializing_if = "<[Arc<str>]>::is_empty")]
+        #[serde(serialize_with = "names")]
+        gathers: &'a [Arc<str>],
+        kind: &'a str,
+        metadata: Metadata<'a>,
+        spec: &'a serde_json::Value,
+    }
+    fn names<S: serde::Serializer>(names: &&[Arc<str>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(names.iter().map(|n| &**n))
+    }
+    let mut annotations = BTreeMap::from([(DERIVED_ANNOTATION, "true")]);
+    if d.by_name {
+        annotations.insert(BY_NAME_ANNOTATION, "true");
+    }
+    // A port's table gathers the virtual hosts of every service on it:
+    // named here (each comes from its service's inputs), its routes shown
+    // by the service's own `outbound|…` route table.
+    let derived_from =
+        if d.gathers.is_empty() { d.inputs.read.iter().map(ToString::to_string).collect() } else { Vec::new() };
+    let body = Derived {
+        api_version: "xds.keelson.dev/v1",
+        derived_from,
+        gathers: &d.gathers,
+        kind: &d.key.kind,
+        metadata: Metadata { annotations, name: &d.key.name },
+        spec: &d.spec,
+    };
+    let json = serde_json::to_vec(&body).expect("a derived body always serializes");
+    Body::from_canonical(bytes::Bytes::from(json))
 }

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -24,12 +25,26 @@ pub struct Derived {
     /// Served only to clients that ask for it by name (gRPC API listeners:
     /// an Envoy asking for every listener must not get them).
     pub by_name: bool,
+    /// For the per-port tables: the virtual hosts (or services) gathered,
+    /// shown instead of every input key.
+    pub gathers: Vec<Arc<str>>,
+    /// The message, already encoded (the per-port route table is built
+    /// from its virtual hosts' bytes rather than transcoded whole).
+    pub encoded: Option<bytes::Bytes>,
+}
+
+impl Derived {
+    fn new(key: ResourceKey, spec: Value, inputs: Inputs) -> Self {
+        Derived { key, spec, inputs, by_name: false, gathers: Vec::new(), encoded: None }
+    }
 }
 
 /// A sidecar virtual host for one port, gathered into that port's routes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VirtualHost {
-    pub json: Value,
+    pub name: Arc<str>,
+    /// `envoy.config.route.v3.VirtualHost`, encoded once per change.
+    pub encoded: bytes::Bytes,
     pub inputs: Inputs,
 }
 
@@ -139,6 +154,31 @@ fn domains(svc: &Service, port: u32, bare_unique: bool) -> Vec<String> {
     names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect()
 }
 
+/// What a change can alter in a unit, by the kind of input it touched: an
+/// endpoint change (EndpointSlice, Pod, Node) alters only endpoints, a
+/// VirtualService (or a route's destination) only routes; anything else all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    Endpoints,
+    Routes,
+    All,
+}
+
+impl Rebuild {
+    pub fn and(self, other: Rebuild) -> Rebuild {
+        if self == other { self } else { Rebuild::All }
+    }
+
+    /// Does a rebuild of this extent recompute resources of `kind`?
+    pub fn covers(self, kind: &str) -> bool {
+        match self {
+            Rebuild::All => true,
+            Rebuild::Endpoints => kind == "ClusterLoadAssignment",
+            Rebuild::Routes => kind == "RouteConfiguration",
+        }
+    }
+}
+
 pub struct Lookups<'a> {
     pub slices: &'a BTreeSet<ResourceKey>,
     pub rules: &'a BTreeSet<ResourceKey>,
@@ -149,7 +189,14 @@ pub struct Lookups<'a> {
 
 /// Builds the unit of the Kubernetes service `namespace/name`; `None` when
 /// no cluster has its Service.
-pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &TranslateConfig) -> Option<Built> {
+pub fn build(
+    state: &State,
+    namespace: &str,
+    name: &str,
+    l: &Lookups<'_>,
+    cfg: &TranslateConfig,
+    what: Rebuild,
+) -> Option<Built> {
     let mut warnings: BTreeMap<ResourceKey, Vec<String>> = BTreeMap::new();
     let svc = {
         let mut warn = |k: &ResourceKey, m: String| warnings.entry(k.clone()).or_default().push(m);
@@ -204,30 +251,35 @@ pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &
     for port in &svc.ports {
         let p = port.port;
         let main = cluster_name(p, "", &svc.host);
-        let policy = policy::effective(top, None, p);
-        let spec = cluster::cluster(&main, port, policy.as_ref(), &mut rule_warn);
-        out.push(Derived { key: key("Cluster", &main), spec, inputs: cluster_inputs.clone(), by_name: false });
-        let cla = cluster::load_assignment(&main, &svc, p, &BTreeMap::new());
-        out.push(Derived {
-            key: key("ClusterLoadAssignment", &main),
-            spec: cla,
-            inputs: svc.endpoint_inputs.clone(),
-            by_name: false,
-        });
-        for (subset, labels, subset_policy) in &subsets {
-            let name = cluster_name(p, subset, &svc.host);
-            let policy = policy::effective(top, *subset_policy, p);
-            let spec = cluster::cluster(&name, port, policy.as_ref(), &mut rule_warn);
-            out.push(Derived { key: key("Cluster", &name), spec, inputs: cluster_inputs.clone(), by_name: false });
-            let cla = cluster::load_assignment(&name, &svc, p, labels);
+        if what.covers("Cluster") {
+            let policy = policy::effective(top, None, p);
+            let spec = cluster::cluster(&main, port, policy.as_ref(), &mut rule_warn);
+            out.push(Derived::new(key("Cluster", &main), spec, cluster_inputs.clone()));
+        }
+        if what.covers("ClusterLoadAssignment") {
+            let cla = cluster::load_assignment(&main, &svc, p, &BTreeMap::new());
             out.push(Derived {
-                key: key("ClusterLoadAssignment", &name),
+                key: key("ClusterLoadAssignment", &main),
                 spec: cla,
-                inputs: subset_endpoint_inputs.clone(),
+                inputs: svc.endpoint_inputs.clone(),
                 by_name: false,
+                gathers: Vec::new(),
+                encoded: None,
             });
         }
-        if !port.protocol.is_http() {
+        for (subset, labels, subset_policy) in &subsets {
+            let name = cluster_name(p, subset, &svc.host);
+            if what.covers("Cluster") {
+                let policy = policy::effective(top, *subset_policy, p);
+                let spec = cluster::cluster(&name, port, policy.as_ref(), &mut rule_warn);
+                out.push(Derived::new(key("Cluster", &name), spec, cluster_inputs.clone()));
+            }
+            if what.covers("ClusterLoadAssignment") {
+                let cla = cluster::load_assignment(&name, &svc, p, labels);
+                out.push(Derived::new(key("ClusterLoadAssignment", &name), cla, subset_endpoint_inputs.clone()));
+            }
+        }
+        if !port.protocol.is_http() || !what.covers("RouteConfiguration") {
             continue;
         }
         let vs_spec = vs.as_ref().map(|(_, spec, _)| spec);
@@ -273,7 +325,14 @@ pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &
         inputs.scope(state, &scope::service_name(name));
         let vhost_name = format!("{}:{p}", svc.host);
         let vhost = json!({ "name": vhost_name, "domains": domains(&svc, p, l.namespaces_with_name <= 1), "routes": sidecar_routes });
-        vhosts.insert(p, VirtualHost { json: vhost, inputs: inputs.clone() });
+        match crate::transcode::encode_json("envoy.config.route.v3.VirtualHost", &vhost) {
+            Ok(encoded) => {
+                vhosts.insert(p, VirtualHost { name: Arc::from(vhost_name.as_str()), encoded, inputs: inputs.clone() });
+            }
+            Err(e) => route_warn
+                .messages
+                .push(format!("the virtual host {vhost_name} cannot be encoded, so it is not served: {e}")),
+        }
         let grpc_vhost = json!({ "name": vhost_name, "domains": [format!("{}:{p}", svc.host), svc.host.clone()], "routes": grpc_routes });
         let route_config = json!({ "name": main, "virtual_hosts": [grpc_vhost] });
         out.push(Derived {
@@ -281,7 +340,12 @@ pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &
             spec: route_config,
             inputs: inputs.clone(),
             by_name: true,
+            gathers: Vec::new(),
+            encoded: None,
         });
+        if !what.covers("Listener") {
+            continue;
+        }
         let api_name = format!("{}:{p}", svc.host);
         let api = listener::grpc_api(&api_name, &main);
         out.push(Derived {
@@ -289,6 +353,8 @@ pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &
             spec: api,
             inputs: svc.service_inputs.clone(),
             by_name: true,
+            gathers: Vec::new(),
+            encoded: None,
         });
     }
     if let Some((k, _, _)) = &rule {
