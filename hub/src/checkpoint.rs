@@ -1,7 +1,7 @@
 //! `State` ⇄ checkpoint blob, with rkyv.
 //!
 //! rkyv has no schema evolution, so the layout is versioned by the format tag
-//! the log stores beside the blob ([`FORMAT_V4`]); a new layout gets a new tag
+//! the log stores beside the blob ([`FORMAT_V5`]); a new layout gets a new tag
 //! and this module keeps reading the old ones. sled hands back unaligned
 //! bytes, so a blob is copied into an aligned buffer before it is validated.
 
@@ -28,6 +28,10 @@ pub const FORMAT_V3: u32 = 0x4b43_0003; // "KC" v3
 /// a second copy of the whole state: a single V3 archive of 215,000 objects
 /// took ~350 MiB at once (docs/benchmarks.md, "Kubernetes source").
 pub const FORMAT_V4: u32 = 0x4b43_0004; // "KC" v4
+/// Format tag of [`FORMAT_V4`] blobs with the state's departures
+/// (`State::departures`): the header gains a fourth word, the length of an
+/// rkyv archive of [`DeparturesV5`] that follows it, before the chunks.
+pub const FORMAT_V5: u32 = 0x4b43_0005; // "KC" v5
 
 /// Entries per V4 chunk: a few MiB of bodies, large enough that the
 /// per-chunk framing is noise.
@@ -87,6 +91,11 @@ struct EntryV2 {
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct ChunkV4 {
     entries: Vec<EntryV3>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct DeparturesV5 {
+    scopes: Vec<(String, u64)>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -204,11 +213,16 @@ fn kind_from_u8(k: u8) -> SourceKind {
     }
 }
 
-/// Encodes a state as the parts of a [`FORMAT_V4`] blob, in order: the
-/// header, then one chunk after another, each encoded when asked for.
+/// Encodes a state as the parts of a [`FORMAT_V5`] blob, in order: the
+/// header and departures, then one chunk after another, each encoded when asked for.
 pub fn encode_parts(state: &State) -> impl Iterator<Item = Vec<u8>> + '_ {
     let count = state.resources.len() as u64;
-    let header = [state.seq.to_be_bytes(), state.version.to_be_bytes(), count.to_be_bytes()].concat();
+    let departures = DeparturesV5 { scopes: state.departures.iter().map(|(s, seq)| (s.clone(), *seq)).collect() };
+    let departures =
+        rkyv::to_bytes::<rancor::Error>(&departures).expect("serializing owned data into memory cannot fail");
+    let words = [state.seq, state.version, count, departures.len() as u64];
+    let mut header: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    header.extend_from_slice(&departures);
     let mut entries = state.resources.iter().peekable();
     let chunks = std::iter::from_fn(move || {
         entries.peek()?;
@@ -226,7 +240,7 @@ pub fn encode_parts(state: &State) -> impl Iterator<Item = Vec<u8>> + '_ {
     std::iter::once(header).chain(chunks)
 }
 
-/// The whole [`FORMAT_V4`] blob of a state.
+/// The whole [`FORMAT_V5`] blob of a state.
 pub fn encode(state: &State) -> Vec<u8> {
     encode_parts(state).flatten().collect()
 }
@@ -270,7 +284,7 @@ fn nanos(t: SystemTime) -> u64 {
 pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
     // Older formats are one archive: validated from an aligned copy of it all.
     let mut aligned = AlignedVec::<16>::new();
-    if format != FORMAT_V4 {
+    if format != FORMAT_V4 && format != FORMAT_V5 {
         aligned.extend_from_slice(blob);
     }
     let invalid = |e: rancor::Error| CheckpointError::Invalid(e.to_string());
@@ -281,10 +295,23 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
         name: name.to_string(),
         cluster: cluster.to_string(),
     };
+    let mut departures = imbl::OrdMap::new();
     let (seq, version, resources) = match format {
-        FORMAT_V4 => {
-            let (header, mut rest) = blob.split_at_checked(24).ok_or(CheckpointError::Invalid("no header".into()))?;
+        FORMAT_V4 | FORMAT_V5 => {
+            let words = if format == FORMAT_V5 { 32 } else { 24 };
+            let (header, mut rest) =
+                blob.split_at_checked(words).ok_or(CheckpointError::Invalid("no header".into()))?;
             let word = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+            if format == FORMAT_V5 {
+                let len = usize::try_from(word(24)).unwrap_or(usize::MAX);
+                let (archive, after) =
+                    rest.split_at_checked(len).ok_or(CheckpointError::Invalid("cut departures".into()))?;
+                let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
+                aligned.extend_from_slice(archive);
+                let archived = rkyv::access::<ArchivedDeparturesV5, rancor::Error>(&aligned).map_err(invalid)?;
+                departures = archived.scopes.iter().map(|t| (t.0.to_string(), t.1.to_native())).collect();
+                rest = after;
+            }
             let mut resources = crate::state::ResourceMap::new();
             while !rest.is_empty() {
                 let (len, after) = rest.split_at_checked(8).ok_or(CheckpointError::Invalid("cut chunk".into()))?;
@@ -343,7 +370,7 @@ pub fn decode(format: u32, blob: &[u8]) -> Result<State, CheckpointError> {
         }
         other => return Err(CheckpointError::UnknownFormat(other)),
     };
-    Ok(State { seq, version, resources, counts })
+    Ok(State { seq, version, resources, counts, departures })
 }
 
 #[cfg(test)]
@@ -384,16 +411,31 @@ mod tests {
         let parts: Vec<Vec<u8>> = encode_parts(&state).collect();
         assert_eq!(parts.len(), 4, "a header and three chunks");
         let blob = parts.concat();
-        let back = decode(FORMAT_V4, &blob).unwrap();
+        let back = decode(FORMAT_V5, &blob).unwrap();
         assert_eq!(back, state);
         assert_eq!(back.counts.values().sum::<usize>(), state.resources.len());
         // A blob cut anywhere is an error, never a panic or a partial state.
         for cut in
             [0, 7, 16, 24, 30, parts[0].len() + parts[1].len(), parts[0].len() + parts[1].len() - 1, blob.len() - 1]
         {
-            assert!(matches!(decode(FORMAT_V4, &blob[..cut]), Err(CheckpointError::Invalid(_))), "cut at {cut}");
+            assert!(matches!(decode(FORMAT_V5, &blob[..cut]), Err(CheckpointError::Invalid(_))), "cut at {cut}");
         }
-        assert_eq!(decode(FORMAT_V4, &encode(&State::default())).unwrap(), State::default());
+        assert_eq!(decode(FORMAT_V5, &encode(&State::default())).unwrap(), State::default());
+    }
+
+    #[test]
+    fn departures_round_trip_and_v4_blobs_still_load_without_them() {
+        let mut state = clusters(10, SourceId::new(SourceKind::File, "f"));
+        state.departures.insert("svc:default/reviews".into(), 7);
+        state.departures.insert("pod:default".into(), 9);
+        let parts: Vec<Vec<u8>> = encode_parts(&state).collect();
+        assert_eq!(decode(FORMAT_V5, &parts.concat()).unwrap(), state);
+        // A V4 blob: the same header without its fourth word and departures.
+        let mut v4 = parts[0][..24].to_vec();
+        v4.extend(parts[1..].concat());
+        let old = decode(FORMAT_V4, &v4).unwrap();
+        assert!(old.departures.is_empty());
+        assert_eq!(old.resources, state.resources);
     }
 
     #[test]
@@ -404,7 +446,7 @@ mod tests {
         // Shift by one byte to prove alignment is handled, as sled gives no alignment.
         let mut unaligned = vec![0u8];
         unaligned.extend_from_slice(&blob);
-        assert_eq!(decode(FORMAT_V4, &unaligned[1..]).unwrap(), state);
+        assert_eq!(decode(FORMAT_V5, &unaligned[1..]).unwrap(), state);
         // The format before chunks still loads.
         assert_eq!(decode(FORMAT_V3, &encode_v3(&state)).unwrap(), state);
     }
@@ -441,7 +483,7 @@ mod tests {
         assert!(e.encoded.is_some(), "rebuilt with its MCP item");
         assert_eq!(e.created_at, UNIX_EPOCH, "no creation time was recorded before v2");
         // Written back, it is v3 and round-trips.
-        assert_eq!(decode(FORMAT_V4, &encode(&state)).unwrap(), state);
+        assert_eq!(decode(FORMAT_V5, &encode(&state)).unwrap(), state);
     }
 
     /// Per-cluster keys survive a checkpoint; a V2 checkpoint (before keys
@@ -466,7 +508,7 @@ mod tests {
             });
         }
         assert_eq!(state.resources.len(), 2);
-        assert_eq!(decode(FORMAT_V4, &encode(&state)).unwrap(), state);
+        assert_eq!(decode(FORMAT_V5, &encode(&state)).unwrap(), state);
         let e = &state.resources[&ResourceKey::new("", "Service", "default", "reviews").in_cluster("east")];
         let v2 = CheckpointV2 {
             seq: 1,

@@ -72,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) health: RwLock<BTreeMap<String, SourceHealth>>,
     pub(crate) degraded: AtomicBool,
+    pub(crate) translate: crate::translate::TranslateConfig,
 }
 
 /// A cheap, cloneable handle to the running hub.
@@ -140,6 +141,11 @@ impl HubHandle {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The `[translate]` settings the snapshots are built with.
+    pub fn translate_config(&self) -> &crate::translate::TranslateConfig {
+        &self.shared.translate
     }
 
     pub fn store(&self) -> &EventStore {

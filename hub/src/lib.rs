@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod transcode;
+pub mod translate;
 
 pub use event::{Body, Event, Op, ResourceKey, SourceId, SourceKind};
 pub use ledger::{AckLedger, ProxyRecord, SyncStatus};

@@ -44,6 +44,8 @@ pub struct HubConfig {
     pub limits: crate::object::Limits,
     /// The mass-deletion guard (`[reconcile]`).
     pub deletion_guard: DeletionGuard,
+    /// Registry + Istio routing → Envoy resources (`[translate]`).
+    pub translate: crate::translate::TranslateConfig,
 }
 
 impl Default for HubConfig {
@@ -56,6 +58,7 @@ impl Default for HubConfig {
             sources: Vec::new(),
             limits: crate::object::Limits::default(),
             deletion_guard: DeletionGuard::default(),
+            translate: crate::translate::TranslateConfig::default(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl Hub {
             metrics,
             health: RwLock::default(),
             degraded: AtomicBool::new(false),
+            translate: cfg.translate.clone(),
         });
         let (stop, stop_rx) = oneshot::channel();
         let mut ingest = Ingest {
@@ -119,6 +123,7 @@ impl Hub {
             held: HeldDeletions::default(),
             conflicts: Conflicts::new(cfg.sources.clone()),
             promotions: Vec::new(),
+            served: crate::translate::Served::new(&cfg.translate),
             cfg,
         };
         if ingest.ready {
@@ -166,6 +171,8 @@ struct Ingest {
     /// Versions set aside that take over because their winner deleted its
     /// own (crate::conflict), applied after the submission that caused it.
     promotions: Vec<(SourceId, Op)>,
+    /// What the snapshots serve: the state plus derived resources.
+    served: crate::translate::Served,
 }
 
 impl Ingest {
@@ -244,10 +251,16 @@ impl Ingest {
             return;
         }
         let started = std::time::Instant::now();
-        let changes = ChangeSet { since: self.published, keys: std::mem::take(&mut self.changed_keys) };
+        let raw_changes = std::mem::take(&mut self.changed_keys);
+        let keys = self.served.update(&self.state, &raw_changes);
+        for key in keys.iter().filter(|k| !raw_changes.contains(*k)) {
+            // A derived kind changes at the seq that changed its inputs.
+            self.kind_versions.insert((key.group.clone(), key.kind.clone()), self.state.version);
+        }
+        let changes = ChangeSet { since: self.published, keys };
+        let kind_versions = Arc::new(self.kind_versions.clone());
         let snapshot = Arc::new(
-            Snapshot::with_kind_versions(&self.state, Arc::new(self.kind_versions.clone()), self.base_version)
-                .with_changes(changes),
+            Snapshot::serving(&self.state, &self.served, kind_versions, self.base_version).with_changes(changes),
         );
         let m = &self.shared.metrics;
         m.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());

@@ -60,6 +60,21 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot serving `served` (the state's resources with the derived
+    /// ones, crate::translate::Served) rather than the state's alone.
+    pub fn serving(
+        state: &State,
+        served: &crate::translate::Served,
+        kind_versions: Arc<BTreeMap<(String, String), u64>>,
+        base_version: u64,
+    ) -> Self {
+        Snapshot {
+            resources: served.resources().clone(),
+            counts: served.counts(state),
+            ..Self::with_kind_versions(state, kind_versions, base_version)
+        }
+    }
+
     /// The same snapshot, saying what changed since the previous one.
     pub fn with_changes(mut self, changes: ChangeSet) -> Self {
         self.changes = Arc::new(changes);

@@ -53,6 +53,10 @@ pub struct Serving {
     pub ttl: Option<std::time::Duration>,
     /// `istio.io/rev`, if labelled.
     pub revision: Option<Arc<str>>,
+    /// Served only to clients that ask for it by name, never in a wildcard
+    /// answer (annotation `keelson.dev/served-by-name: "true"`; proxyless
+    /// gRPC API listeners, which an Envoy must not get).
+    pub by_name: bool,
 }
 
 impl Serving {
@@ -67,7 +71,12 @@ impl Serving {
         let ttl = ttl.and_then(|t| humantime::parse_duration(t).ok());
         let proxy_group = label(PROXY_GROUP_LABEL).filter(|g| !g.is_empty()).map(Arc::from);
         let revision = label(ISTIO_REVISION_LABEL).map(Arc::from);
-        Serving { proxy_group, ttl, revision }
+        let by_name = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::translate::BY_NAME_ANNOTATION))
+            .is_some_and(|v| v == "true");
+        Serving { proxy_group, ttl, revision, by_name }
     }
 
     /// Does an istiod of revision `rev` take this object? Unlabelled objects
@@ -164,6 +173,12 @@ pub struct State {
     pub resources: ResourceMap,
     /// Resources per `group/kind`, kept as changes apply.
     pub counts: BTreeMap<(String, String), usize>,
+    /// Per translation scope, the seq of the last event that took an input
+    /// out of it (a delete, or an update that may have moved it elsewhere):
+    /// what a derived resource's version must cover when an input it read
+    /// is gone (crate::translate::scope). One entry per scope, not per
+    /// object, so it stays as small as the set of services.
+    pub departures: imbl::OrdMap<String, u64>,
 }
 
 impl State {
@@ -190,7 +205,10 @@ impl State {
                 let created = self.resources.get(&key).map_or(ev.at, |e| e.created_at);
                 let entry = ResourceEntry::new(&key, ev.seq, body, ev.origin, source_version, location, created);
                 match self.resources.insert(key.clone(), Arc::new(entry)) {
-                    Some(_) => Applied::Updated,
+                    Some(old) => {
+                        self.depart(&key, &old.body, ev.seq);
+                        Applied::Updated
+                    }
                     None => {
                         *self.counts.entry((key.group, key.kind)).or_default() += 1;
                         Applied::Created
@@ -198,7 +216,8 @@ impl State {
                 }
             }
             Op::Delete { key, .. } => match self.resources.remove(&key) {
-                Some(_) => {
+                Some(old) => {
+                    self.depart(&key, &old.body, ev.seq);
                     let kind = (key.group, key.kind);
                     if let Some(n) = self.counts.get_mut(&kind) {
                         *n -= 1;
@@ -216,6 +235,14 @@ impl State {
             self.version = ev.seq;
         }
         applied
+    }
+
+    /// Records that the object at `key`, as `body`, left its translation
+    /// scopes at `seq`.
+    fn depart(&mut self, key: &ResourceKey, body: &Body, seq: u64) {
+        for scope in crate::translate::scope::departures(key, body) {
+            self.departures.insert(scope, seq);
+        }
     }
 
     /// Notes that `seq` was passed without an event (a compacted or lost slot).

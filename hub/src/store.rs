@@ -118,6 +118,6 @@ impl EventStore {
     /// Stores `state` as a checkpoint so restarts replay only what follows.
     pub fn write_checkpoint(&self, state: &State) -> Result<(), HubError> {
         let mut parts = checkpoint::encode_parts(state);
-        Ok(self.log.write_checkpoint_parts(state.seq, checkpoint::FORMAT_V4, &mut parts)?)
+        Ok(self.log.write_checkpoint_parts(state.seq, checkpoint::FORMAT_V5, &mut parts)?)
     }
 }

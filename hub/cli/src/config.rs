@@ -43,6 +43,17 @@ struct ConfigFile {
     /// Kubernetes clusters to watch, in precedence order (crate::kube_config).
     #[serde(default)]
     kubernetes: Vec<crate::kube_config::KubernetesFile>,
+    #[serde(default)]
+    translate: TranslateFile,
+}
+
+/// `[translate]`: registry + Istio routing → Envoy resources (docs/translation.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TranslateFile {
+    enabled: Option<bool>,
+    domain_suffix: Option<String>,
+    outbound_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +196,7 @@ pub struct ServeConfig {
     pub xds: keelson_sinks::xds::XdsConfig,
     pub limits: keelson_hub::object::Limits,
     pub deletion_guard: keelson_hub::guard::DeletionGuard,
+    pub translate: keelson_hub::translate::TranslateConfig,
 }
 
 /// Flags given on the command line; each one beats the file.
@@ -204,6 +216,35 @@ fn duration_or(field: &str, text: Option<&str>, default: Duration) -> Result<Dur
 fn duration(field: &str, text: &str) -> Result<Duration> {
     humantime::parse_duration(text)
         .with_context(|| format!("{field} = {text:?} is not a duration (try \"30days\" or \"5m\")"))
+}
+
+fn translate_config(t: &TranslateFile) -> Result<keelson_hub::translate::TranslateConfig> {
+    let mut cfg = keelson_hub::translate::TranslateConfig::default();
+    if let Some(e) = t.enabled {
+        cfg.enabled = e;
+    }
+    if let Some(suffix) = &t.domain_suffix {
+        let valid = keelson_hub::names::check_name(keelson_hub::names::NameRule::Dns1123Subdomain, suffix).is_ok();
+        if !valid {
+            bail!("translate.domain_suffix = {suffix:?} is not a DNS domain (like \"cluster.local\")");
+        }
+        cfg.domain_suffix = suffix.clone();
+    }
+    if let Some(addr) = &t.outbound_address {
+        let ip: std::net::IpAddr =
+            addr.parse().with_context(|| format!("translate.outbound_address = {addr:?} is not an IP address"))?;
+        cfg.outbound_address = ip.to_string();
+    }
+    Ok(cfg)
+}
+
+/// Only the `[translate]` section of a config file (for `keelson state`
+/// and `validate`, which translate as the hub would); defaults without one.
+pub fn load_translate(file: Option<&Path>) -> Result<keelson_hub::translate::TranslateConfig> {
+    let Some(path) = file else { return translate_config(&TranslateFile::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cf: ConfigFile = toml::from_str(&text).with_context(|| format!("{} is not valid config", path.display()))?;
+    translate_config(&cf.translate)
 }
 
 impl ServeConfig {
@@ -306,7 +347,9 @@ impl ServeConfig {
             let path = base.join(path);
             xds.mesh_config = keelson_sinks::xds::MeshConfigItem::new(&load_mesh_config(&path)?);
         }
+        let translate = translate_config(&cf.translate)?;
         Ok(ServeConfig {
+            translate,
             xds,
             limits,
             deletion_guard,

@@ -214,7 +214,13 @@ fn resolve_at(store: &EventStore, at: Option<&str>) -> Result<u64> {
     keelson_hub::point::resolve(store, at).map_err(|e| anyhow::anyhow!("--at: {e}"))
 }
 
-pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>) -> Result<ExitCode> {
+pub fn state(
+    data_dir: &Path,
+    at: Option<&str>,
+    json: bool,
+    admin: Option<&str>,
+    translate: &keelson_hub::translate::TranslateConfig,
+) -> Result<ExitCode> {
     let doc = match admin {
         Some(base) => {
             let q =
@@ -225,7 +231,7 @@ pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>)
             let store = open(data_dir)?;
             let seq = resolve_at(&store, at)?;
             let rebuilt = store.state_at(seq)?;
-            keelson_sinks::admin::state_json(&rebuilt)
+            keelson_sinks::admin::state_json(&rebuilt, translate)
         }
     };
     if json {
@@ -256,8 +262,8 @@ pub fn state(data_dir: &Path, at: Option<&str>, json: bool, admin: Option<&str>)
     })
 }
 
-pub fn validate(paths: &[std::path::PathBuf]) -> Result<ExitCode> {
-    let (checked, errors, warnings) = keelson_sources::file::validate_paths(paths);
+pub fn validate(paths: &[std::path::PathBuf], translate: &keelson_hub::translate::TranslateConfig) -> Result<ExitCode> {
+    let (checked, errors, warnings) = keelson_sources::file::validate_translated(paths, translate);
     for e in errors.iter().chain(&warnings) {
         println!("{e}");
     }

@@ -97,11 +97,17 @@ enum Command {
         /// Read through a running hub's admin API instead of the data dir.
         #[arg(long, value_name = "URL")]
         admin: Option<String>,
+        /// The hub's config file, for its `[translate]` settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Check config files offline; prints file:line errors, exit 1 if any.
     Validate {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The hub's config file, for its `[translate]` settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Connected proxies and their sync state per type, from a running hub.
     Status {
@@ -161,14 +167,15 @@ fn main() -> ExitCode {
         Command::History { key, data_dir, json, diff, admin } => {
             inspect::history(&data_dir, &key, inspect::HistoryFormat::from_flags(json, diff), admin.as_deref())
         }
-        Command::State { data_dir, at, json, admin } => {
-            inspect::state(&data_dir, at.as_deref(), json, admin.as_deref())
-        }
+        Command::State { data_dir, at, json, admin, config } => config::load_translate(config.as_deref())
+            .and_then(|t| inspect::state(&data_dir, at.as_deref(), json, admin.as_deref(), &t)),
         Command::Status { admin, json } => status::status(&admin, json),
         Command::Source { action: SourceAction::Confirm { name, admin, api_token_file } } => {
             status::confirm_deletions(&admin, &name, &api_token_file)
         }
-        Command::Validate { paths } => inspect::validate(&paths),
+        Command::Validate { paths, config } => {
+            config::load_translate(config.as_deref()).and_then(|t| inspect::validate(&paths, &t))
+        }
         Command::Verify { data_dir, repair, json } => inspect::verify(&data_dir, repair, json),
     };
     result.unwrap_or_else(|e| {

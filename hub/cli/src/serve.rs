@@ -76,6 +76,7 @@ async fn serve(cfg: ServeConfig) -> Result<()> {
         sources: sources.iter().map(|s| s.id().clone()).collect(),
         limits: cfg.limits,
         deletion_guard: cfg.deletion_guard,
+        translate: cfg.translate.clone(),
     };
     let hub = Hub::start(store.clone(), hub_cfg, metrics).await?;
     let handle = hub.handle();

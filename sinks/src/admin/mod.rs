@@ -257,13 +257,30 @@ async fn storage(State(a): State<Admin>) -> Response {
 }
 
 /// A rebuilt state as `keelson state --json` and `/v1/state` print it.
-pub fn state_json(r: &keelson_hub::Rebuilt) -> Value {
+/// The state as of a point, translated as the hub serves it: derived
+/// resources carry `"derived": true` and the keys of their inputs.
+pub fn state_json(r: &keelson_hub::Rebuilt, translate: &keelson_hub::translate::TranslateConfig) -> Value {
+    let served = keelson_hub::translate::Served::of(&r.state, translate);
+    let resources: Vec<Value> = served
+        .resources()
+        .iter()
+        .map(|(k, e)| {
+            let mut v = resource_json(k, e);
+            if e.origin == keelson_hub::translate::origin() {
+                v["derived"] = json!(true);
+                v["inputs"] = v["body"]["derivedFrom"].clone();
+            }
+            v
+        })
+        .collect();
+    let shadowed: Vec<String> = served.shadowed().iter().map(ToString::to_string).collect();
     json!({
         "version": r.state.version,
         "seq": r.state.seq,
         "from_checkpoint": r.from_checkpoint,
         "gaps": r.gaps,
-        "resources": r.state.resources.iter().map(|(k, e)| resource_json(k, e)).collect::<Vec<_>>(),
+        "resources": resources,
+        "shadowed": shadowed,
     })
 }
 
@@ -274,6 +291,7 @@ struct StateQuery {
 
 async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response {
     let store = a.hub.store().clone();
+    let translate = a.hub.translate_config().clone();
     let rebuilt = tokio::task::spawn_blocking(move || {
         let seq = match q.at.as_deref() {
             None => u64::MAX,
@@ -285,11 +303,12 @@ async fn state(State(a): State<Admin>, Query(q): Query<StateQuery>) -> Response 
                 Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
             },
         };
-        store.state_at(seq).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        let r = store.state_at(seq).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(state_json(&r, &translate))
     })
     .await;
     match rebuilt {
-        Ok(Ok(r)) => axum::Json(state_json(&r)).into_response(),
+        Ok(Ok(doc)) => axum::Json(doc).into_response(),
         Ok(Err((StatusCode::BAD_REQUEST, e))) => error(StatusCode::BAD_REQUEST, e),
         Ok(Err((_, e))) => read_error(&a, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -167,6 +167,12 @@ impl Audience<'_> {
             && entry.serving.serves(self.group)
             && (!ty.form.is_mcp() || entry.serving.in_revision(self.revision))
     }
+
+    /// [`Self::admits`], for an answer to a wildcard subscription: entries
+    /// served by name only (proxyless gRPC API listeners) are left out.
+    pub fn admits_wildcard(&self, ty: &ServedType, entry: &ResourceEntry) -> bool {
+        self.admits(ty, entry) && !entry.serving.by_name
+    }
 }
 
 /// The name an item of `ty` goes by on the wire: `<namespace>/<name>` for
@@ -192,7 +198,7 @@ pub fn select<'a>(
     match names {
         None => snap
             .of_kind(ty.group, ty.kind)
-            .filter(|(_, e)| audience.admits(ty, e))
+            .filter(|(_, e)| audience.admits_wildcard(ty, e))
             .map(|(k, e)| (wire_name(ty, k), e))
             .collect(),
         Some(names) => names

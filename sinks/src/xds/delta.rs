@@ -85,7 +85,9 @@ impl DeltaMachine {
                 for key in changed {
                     let wire = wire_name(served, key);
                     let name = wire.as_ref();
-                    let current = snap.resources.get(key).filter(|e| audience.admits(served, e));
+                    let current = snap.resources.get(key).filter(|e| {
+                        audience.admits_wildcard(served, e) || (t.names.contains(name) && audience.admits(served, e))
+                    });
                     match current {
                         Some(entry) if t.known.get(name) != Some(&entry.version) => {
                             t.known.insert(name.to_string(), entry.version);

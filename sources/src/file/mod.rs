@@ -335,6 +335,17 @@ fn prefixed(root: &std::path::Path, result: FileResult) -> FileResult {
 /// for entries that cannot be read) and warnings (references nothing among
 /// the given files defines).
 pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
+    validate_translated(paths, &keelson_hub::translate::TranslateConfig::default())
+}
+
+/// [`validate_paths`], translating the valid objects as a hub with
+/// `translate` would: what translation warns about an object is a warning
+/// at its location; a raw Envoy resource whose name a derived one takes is
+/// an error (the hub would not serve it).
+pub fn validate_translated(
+    paths: &[PathBuf],
+    translate: &keelson_hub::translate::TranslateConfig,
+) -> (usize, Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut files: BTreeMap<String, FileResult> = BTreeMap::new();
     for path in paths {
@@ -363,7 +374,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
     }
     let (objects, duplicates) = merge(&good);
     errors.extend(duplicates);
-    let warnings = objects
+    let mut warnings: Vec<String> = objects
         .values()
         .flat_map(|o| {
             keelson_hub::lint::references(&o.object.key, &o.object.body)
@@ -373,6 +384,22 @@ pub fn validate_paths(paths: &[PathBuf]) -> (usize, Vec<String>, Vec<String>) {
                 .collect::<Vec<_>>()
         })
         .collect();
+    if translate.enabled {
+        let mut state = keelson_hub::State::default();
+        let origin = keelson_hub::SourceId::new(keelson_hub::SourceKind::File, "validate");
+        for (seq, o) in (1..).zip(objects.values()) {
+            let op = upsert(o);
+            state.apply(keelson_hub::Event { seq, at: std::time::SystemTime::UNIX_EPOCH, origin: origin.clone(), op });
+        }
+        let served = keelson_hub::translate::Served::of(&state, translate);
+        let at = |k: &keelson_hub::ResourceKey| objects.get(k).map_or_else(|| k.to_string(), |o| o.location.clone());
+        for k in served.shadowed() {
+            errors.push(format!("{}: {k}: Keelson derives a {} of this name from the service registry; rename it or disable [translate]", at(k), k.kind));
+        }
+        for (k, messages) in served.translator().map(|t| t.warnings()).unwrap_or_default() {
+            warnings.extend(messages.iter().map(|m| format!("{}: warning: {k}: {m}", at(k))));
+        }
+    }
     (checked, errors, warnings)
 }
 

@@ -1,0 +1,89 @@
+//! Clusters and ClusterLoadAssignments of a service (istiod's
+//! `cluster_builder.go`, `cluster_traffic_policy.go`, `endpoint_builder.go`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::model::{Endpoint, Health, Protocol, Service, ServicePort};
+use super::policy::{self, Warn};
+
+/// istiod's `BuildSubsetKey`: `outbound|<port>|<subset>|<host>`.
+pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// istiod's default connect timeout (`meshConfig.connectTimeout`).
+const CONNECT_TIMEOUT: &str = "10s";
+
+/// The EDS Cluster of one service port (and subset), with the traffic
+/// policy that applies to it. `policy` is already merged for the port and
+/// subset (crate::translate::policy::effective).
+pub fn cluster(name: &str, port: &ServicePort, policy: Option<&Value>, warn: &mut Warn) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" }, "service_name": name },
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "ROUND_ROBIN",
+    });
+    let mut http_options = Map::new();
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+        http_options.insert("explicit_http_config".into(), json!({ "http2_protocol_options": {} }));
+    }
+    if let Some(policy) = policy {
+        policy::apply(policy, &mut c, &mut http_options, warn);
+    }
+    if !http_options.is_empty() {
+        if !http_options.contains_key("explicit_http_config") {
+            // Options without a protocol choice keep HTTP/1.1 upstream, as Envoy would.
+            http_options.insert("explicit_http_config".into(), json!({ "http_protocol_options": {} }));
+        }
+        http_options.insert("@type".into(), json!(policy::HTTP_PROTOCOL_OPTIONS_TYPE));
+        c["typed_extension_protocol_options"] =
+            json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Value::Object(http_options) });
+    }
+    c
+}
+
+/// The ClusterLoadAssignment of `name`: the endpoints of `port` whose labels
+/// include `subset_labels`, one LocalityLbEndpoints per locality in locality
+/// order. Every group sets `locality` and a positive
+/// `load_balancing_weight` (the endpoint count), which proxyless gRPC
+/// requires (PROTOCOL.md §5).
+pub fn load_assignment(name: &str, svc: &Service, port: u32, subset_labels: &BTreeMap<String, String>) -> Value {
+    let selected = svc
+        .endpoints
+        .iter()
+        .filter(|e| e.service_port == port)
+        .filter(|e| subset_labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+    let mut by_locality: BTreeMap<_, Vec<&Endpoint>> = BTreeMap::new();
+    for e in selected {
+        by_locality.entry(&e.locality).or_default().push(e);
+    }
+    let groups: Vec<Value> = by_locality
+        .into_iter()
+        .map(|(l, eps)| {
+            let lb_endpoints: Vec<Value> = eps
+                .iter()
+                .map(|e| {
+                    let status = match e.health {
+                        Health::Healthy => "HEALTHY",
+                        Health::Draining => "DRAINING",
+                    };
+                    json!({
+                        "endpoint": { "address": { "socket_address": { "address": e.address, "port_value": e.port } } },
+                        "health_status": status,
+                        "load_balancing_weight": 1,
+                    })
+                })
+                .collect();
+            json!({
+                "locality": { "region": l.region, "zone": l.zone, "sub_zone": l.sub_zone },
+                "load_balancing_weight": lb_endpoints.len(),
+                "lb_endpoints": lb_endpoints,
+            })
+        })
+        .collect();
+    json!({ "cluster_name": name, "endpoints": groups })
+}
