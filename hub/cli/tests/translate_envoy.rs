@@ -36,9 +36,10 @@ struct Envoy {
 }
 
 impl Envoy {
-    /// Envoy with a SotW ADS bootstrap against `hub` (`127.0.0.1:PORT`),
-    /// one worker thread (the machine is small), its admin endpoint up.
-    fn start(dir: &Path, hub: &str) -> Envoy {
+    /// Envoy with an ADS bootstrap (`api_type` GRPC or DELTA_GRPC) against
+    /// `hub` (`127.0.0.1:PORT`), one worker thread (the machine is small),
+    /// its admin endpoint up.
+    fn start(dir: &Path, hub: &str, api_type: &str) -> Envoy {
         let (host, port) = hub.rsplit_once(':').unwrap();
         // initial_fetch_timeout 0s: Envoy stays un-ready until CDS and LDS
         // really arrive instead of going LIVE without config after 15 s.
@@ -48,7 +49,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: keelson}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
@@ -82,6 +83,10 @@ static_resources:
             &base_id.to_string(),
             "--disable-hot-restart",
             "--concurrency",
+            "1",
+            // A removed listener drains (and keeps its route configuration)
+            // for drain-time-s, 600 s by default: 1 s lets a test see it go.
+            "--drain-time-s",
             "1",
             "--admin-address-path",
             addr_file.to_str().unwrap(),
@@ -189,16 +194,21 @@ struct Mesh {
     envoy: Envoy,
     serve: Serve,
     svc_port: u16,
+    /// The ADS stream kind as syncz names it: `sotw` or `delta`.
+    stream: &'static str,
     _work: tempfile::TempDir,
 }
 
 impl Mesh {
-    fn start(work: tempfile::TempDir, svc_port: u16, dirs: &[&Path]) -> Mesh {
-        assert_validates(dirs);
+    /// `files`: how many config files `dirs` hold (checked by `keelson
+    /// validate`); `delta`: Delta xDS instead of SotW.
+    fn start(work: tempfile::TempDir, svc_port: u16, dirs: &[&Path], files: usize, delta: bool) -> Mesh {
+        assert_validates(dirs, files);
         let serve = serve_files(work.path(), dirs);
-        let envoy = Envoy::start(work.path(), &serve.grpc);
+        let (api_type, stream) = if delta { ("DELTA_GRPC", "delta") } else { ("GRPC", "sotw") };
+        let envoy = Envoy::start(work.path(), &serve.grpc, api_type);
         let http = HttpClient::new(&format!("127.0.0.1:{svc_port}"));
-        Mesh { http, envoy, serve, svc_port, _work: work }
+        Mesh { http, envoy, serve, svc_port, stream, _work: work }
     }
 
     fn diag(&self) -> String {
@@ -236,7 +246,7 @@ impl Mesh {
         poll("syncz: the sidecar SYNCED for CDS, EDS, LDS, RDS (no NACK)", WAIT, &d, |last| {
             let z = syncz(&self.serve);
             *last = z.to_string();
-            all_synced(&z, NODE, "sotw", &[CDS, EDS, LDS, RDS]).then_some(())
+            all_synced(&z, NODE, self.stream, &[CDS, EDS, LDS, RDS]).then_some(())
         });
     }
 }
@@ -286,7 +296,7 @@ fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
     write_service(&config, SVC, "http", svc_port, &workloads);
     write(&config, "destination-rule.yaml", &destination_rule(SVC, SVC, &["v1", "v2", "v3"]));
     write(&config, "virtual-service.yaml", &virtual_service(SVC, SVC, ROUTES));
-    let mut m = Mesh::start(work, svc_port, &[&config]);
+    let mut m = Mesh::start(work, svc_port, &[&config], 9, false);
 
     // (a) The header route always reaches v2; the rest split 80/20.
     let jason = [("end-user", "jason")];
@@ -327,6 +337,26 @@ fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
         m.diag()
     );
 
+    // The virtual host answers every name istiod's generateVirtualHostDomains
+    // gives a Service in the client's namespace (no other namespace has a
+    // `reviews`, so the bare name too); another host has no virtual host.
+    let short = [
+        fqdn(SVC),
+        format!("{}:{svc_port}", fqdn(SVC)),
+        format!("{SVC}.{NS}"),
+        format!("{SVC}.{NS}:{svc_port}"),
+        format!("{SVC}.{NS}.svc"),
+        format!("{SVC}.{NS}.svc:{svc_port}"),
+        SVC.to_string(),
+        format!("{SVC}:{svc_port}"),
+    ];
+    for host in &short {
+        let counts = m.http.tally(3, host, &jason);
+        assert_eq!(counts, BTreeMap::from([("v2".to_string(), 3)]), "Host: {host}\n{}", m.diag());
+    }
+    let counts = m.http.tally(3, &fqdn("ratings"), &jason);
+    assert_eq!(counts, BTreeMap::from([("404".to_string(), 3)]), "Host: {}\n{}", fqdn("ratings"), m.diag());
+
     // (b) fault: an added route aborts every matching request with 503.
     replace_in(&config.join("virtual-service.yaml"), "  - name: jason\n", &format!("{FAULT_ROUTE}  - name: jason\n"));
     let fault = [("x-fault", "yes")];
@@ -339,26 +369,27 @@ fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
     eprintln!("routing, split, retries, fault: passed in {:?}", t0.elapsed());
 }
 
-/// `(zone, load_balancing_weight, [(port, health_status)])` per locality of
-/// a ClusterLoadAssignment, sorted.
-fn localities(cla: &Value) -> Vec<(String, u64, Vec<(u64, String)>)> {
-    let mut out: Vec<_> = cla["endpoints"]
+/// `(zone, load_balancing_weight, ports Envoy may send traffic to)`.
+type Locality = (String, u64, Vec<u64>);
+
+/// The localities of a ClusterLoadAssignment, sorted, with the ports of
+/// their HEALTHY or UNKNOWN endpoints (Envoy's load balancer skips the rest).
+fn localities(cla: &Value) -> Vec<Locality> {
+    let mut out: Vec<Locality> = cla["endpoints"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|l| {
-            let mut eps: Vec<(u64, String)> = l["lb_endpoints"]
+            let mut ports: Vec<u64> = l["lb_endpoints"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|e| {
-                    let port = e["endpoint"]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0);
-                    (port, e["health_status"].as_str().unwrap_or("UNKNOWN").to_string())
-                })
+                .filter(|e| servable(e["health_status"].as_str().unwrap_or("UNKNOWN")))
+                .map(|e| e["endpoint"]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0))
                 .collect();
-            eps.sort();
+            ports.sort();
             let zone = l["locality"]["zone"].as_str().unwrap_or_default().to_string();
-            (zone, l["load_balancing_weight"].as_u64().unwrap_or(0), eps)
+            (zone, l["load_balancing_weight"].as_u64().unwrap_or(0), ports)
         })
         .collect();
     out.sort();
@@ -369,6 +400,8 @@ fn servable(health: &str) -> bool {
     matches!(health, "UNKNOWN" | "HEALTHY")
 }
 
+/// Over Delta xDS (the other test uses SotW): endpoint changes and removals
+/// arrive as Delta updates and removals.
 #[test]
 fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
     let t0 = Instant::now();
@@ -383,31 +416,19 @@ fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
     // A second source holds more endpoints of the same Service (another
     // slice name, another zone), as a second cluster's EndpointSlices would.
     write_workloads(&west, SVC, "http", &[workload("reviews-v1b", "v1", v1b.port, "z2")]);
-    let mut m = Mesh::start(work, svc_port, &[&east, &west]);
+    let mut m = Mesh::start(work, svc_port, &[&east, &west], 7, true);
     let cluster = cluster_name(m.svc_port, "", SVC);
 
     // (e) one cluster, both sources' endpoints, one locality per zone
     // weighted by its number of endpoints.
-    let want = vec![
-        ("z1".to_string(), 2, {
-            let mut p = vec![(v1.port as u64, "UNKNOWN".to_string()), (v2.port as u64, "UNKNOWN".to_string())];
-            p.sort();
-            p
-        }),
-        ("z2".to_string(), 1, vec![(v1b.port as u64, "UNKNOWN".to_string())]),
-    ];
+    let mut here_ports = vec![v1.port as u64, v2.port as u64];
+    here_ports.sort();
+    let want: Vec<Locality> = vec![("z1".into(), 2, here_ports), ("z2".into(), 1, vec![v1b.port as u64])];
     let d = || m.diag();
     poll(&format!("Envoy's endpoints of {cluster} to be {want:?}"), WAIT, &d, |last| {
         let cla = m.envoy.endpoints(&cluster)?;
-        let got = localities(&cla);
         *last = cla.to_string();
-        // HEALTHY and UNKNOWN are both served; compare ports and weights.
-        let norm = |l: &[(String, u64, Vec<(u64, String)>)]| -> Vec<(String, u64, Vec<u64>)> {
-            l.iter()
-                .map(|(z, w, e)| (z.clone(), *w, e.iter().filter(|e| servable(&e.1)).map(|e| e.0).collect()))
-                .collect()
-        };
-        (norm(&got) == norm(&want)).then_some(())
+        (localities(&cla) == want).then_some(())
     });
     let mut seen = BTreeSet::new();
     for _ in 0..60 {
@@ -437,9 +458,23 @@ fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
         m.diag()
     );
     let cla = m.envoy.endpoints(&cluster).unwrap_or_default();
-    let served: Vec<u64> =
-        localities(&cla).into_iter().flat_map(|l| l.2).filter(|e| servable(&e.1)).map(|e| e.0).collect();
+    let served: Vec<u64> = localities(&cla).into_iter().flat_map(|l| l.2).collect();
     assert!(!served.contains(&(v1.port as u64)), "the unready endpoint is still served: {cla}\n{}", m.diag());
+    m.assert_synced();
+
+    // Deleting the Service takes its listener, routes and clusters away
+    // (its slices stay, as they may in Kubernetes until garbage collection).
+    std::fs::remove_file(east.join("service.yaml")).unwrap();
+    let d = || m.diag();
+    poll("Envoy to drop the Service's listener, route and clusters", WAIT, &d, |last| {
+        let names = m.envoy.names();
+        *last = format!("{names:?}");
+        names.iter().all(|n| n.is_empty()).then_some(())
+    });
+    // Over Delta every type ends SYNCED. (Over SotW the hub's syncz keeps
+    // EDS at sent N / acked N-1 here: Envoy drops its EDS watches with the
+    // clusters and takes the hub's empty EDS answer without a request,
+    // GrpcMuxImpl's "no watches and no resources" case.)
     m.assert_synced();
     eprintln!("two sources, localities, readiness: passed in {:?}", t0.elapsed());
 }

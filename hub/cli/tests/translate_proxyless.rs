@@ -77,7 +77,7 @@ fn proxyless_routes_by_header_and_weight(node: &str, program: &Path, script: &Pa
     write_service(&config, SVC, "grpc", svc_port, &workloads);
     write(&config, "destination-rule.yaml", &destination_rule(SVC, &host, &["v1", "v2"]));
     write(&config, "virtual-service.yaml", &virtual_service(SVC, &host, &routes(&host)));
-    assert_validates(&[&config]);
+    assert_validates(&[&config], 7);
     let serve: Serve = serve_files(work.path(), &[&config]);
 
     let bootstrap = serde_json::json!({
