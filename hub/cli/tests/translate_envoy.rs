@@ -340,7 +340,7 @@ fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
     // The virtual host answers every name istiod's generateVirtualHostDomains
     // gives a Service in the client's namespace (no other namespace has a
     // `reviews`, so the bare name too); another host has no virtual host.
-    let short = [
+    let hosts = [
         fqdn(SVC),
         format!("{}:{svc_port}", fqdn(SVC)),
         format!("{SVC}.{NS}"),
@@ -350,7 +350,7 @@ fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
         SVC.to_string(),
         format!("{SVC}:{svc_port}"),
     ];
-    for host in &short {
+    for host in &hosts {
         let counts = m.http.tally(3, host, &jason);
         assert_eq!(counts, BTreeMap::from([("v2".to_string(), 3)]), "Host: {host}\n{}", m.diag());
     }
