@@ -64,6 +64,8 @@ struct Unit {
     resources: BTreeMap<ResourceKey, Arc<ResourceEntry>>,
     vhosts: BTreeMap<u32, unit::VirtualHost>,
     consulted: BTreeSet<ResourceKey>,
+    /// The version of the Services the unit read.
+    service_version: u64,
 }
 
 /// The incremental translator. `update` after every batch of changes gives
@@ -278,6 +280,7 @@ impl Translator {
                 }
             }
         }
+        let old_service_version = old.as_ref().map(|u| u.service_version);
         let (old_resources, old_vhosts, old_ports) = old.map(|u| (u.resources, u.vhosts, u.ports)).unwrap_or_default();
         let mut changed = Vec::new();
         let Some(built) = built else {
@@ -286,7 +289,8 @@ impl Translator {
             self.clear_warnings_of(unit);
             return changed;
         };
-        let Built { resources, vhosts, warnings, consulted, ports: new_ports, .. } = built;
+        let Built { resources, vhosts, warnings, consulted, ports: new_ports, service_version: built_service_version } =
+            built;
         let mut entries = BTreeMap::new();
         for d in resources {
             let prev = old_resources.get(&d.key);
@@ -298,9 +302,10 @@ impl Translator {
             }
         }
         changed.extend(old_resources.keys().filter(|k| !entries.contains_key(*k)).cloned());
-        if old_ports == new_ports {
-            ports.extend(new_ports.iter().map(|(p, _)| *p).filter(|p| old_vhosts.get(p) != vhosts.get(p)));
-        } else {
+        // The port tables gather virtual hosts and read the Services on
+        // them: rebuilt when either moved, not for an endpoint change.
+        let service_version = built_service_version;
+        if old_ports != new_ports || old_vhosts != vhosts || old_service_version != Some(service_version) {
             ports.extend(old_ports.iter().chain(new_ports.iter()).map(|(p, _)| *p));
         }
         for k in &consulted {
@@ -313,7 +318,10 @@ impl Translator {
         for (k, messages) in warnings {
             self.warn(unit, k, messages);
         }
-        self.units.insert(unit.to_string(), Unit { ports: new_ports, resources: entries, vhosts, consulted });
+        self.units.insert(
+            unit.to_string(),
+            Unit { ports: new_ports, resources: entries, vhosts, consulted, service_version },
+        );
         changed
     }
 
@@ -378,7 +386,7 @@ impl Translator {
         let mut vhosts: Vec<unit::VirtualHost> = units.iter().filter_map(|u| u.vhosts.get(&port).cloned()).collect();
         vhosts.sort_by(|a, b| a.json["name"].as_str().cmp(&b.json["name"].as_str()));
         let mut listener_inputs = Inputs::default();
-        listener_inputs.scope(state, scope::ANY_SERVICE);
+        listener_inputs.scope(state, &scope::service_port(port));
         let mut tcp_clusters = Vec::new();
         for u in &units {
             let svc_keys = u.consulted.iter().filter(|k| k.kind == "Service");

@@ -23,8 +23,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub fn service(namespace: &str, name: &str) -> String {
     format!("svc:{namespace}/{name}")
 }
-/// Any Service anywhere (what the per-port listeners and routes read).
-pub const ANY_SERVICE: &str = "svc:*";
+/// Services on one port (what that port's listener and routes gather).
+pub fn service_port(port: u32) -> String {
+    format!("port:{port}")
+}
 /// Services of one short name, in any namespace (bare domains are only
 /// given to a name no other namespace uses).
 pub fn service_name(name: &str) -> String {
@@ -73,8 +75,15 @@ struct Meta {
     labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
+#[derive(Deserialize)]
+struct Port {
+    port: u32,
+}
+
 #[derive(Deserialize, Default)]
 struct HostSpec {
+    #[serde(default)]
+    ports: Option<Vec<Port>>,
     #[serde(default)]
     host: Option<String>,
     #[serde(default)]
@@ -95,7 +104,12 @@ pub fn departures(key: &ResourceKey, body: &Body) -> Vec<String> {
     let read = || serde_json::from_slice::<Object>(body.json()).ok();
     let ns = key.namespace.as_str();
     match (key.group.as_str(), key.kind.as_str()) {
-        ("", "Service") => vec![service(ns, &key.name), ANY_SERVICE.into(), service_name(&key.name)],
+        ("", "Service") => {
+            let ports = read().and_then(|o| o.spec?.ports).unwrap_or_default();
+            let mut scopes = vec![service(ns, &key.name), service_name(&key.name)];
+            scopes.extend(ports.iter().map(|p| service_port(p.port)));
+            scopes
+        }
         ("discovery.k8s.io", "EndpointSlice") => read()
             .and_then(|o| o.metadata?.labels?.remove(SERVICE_NAME_LABEL))
             .map(|svc| vec![slices(ns, &svc)])

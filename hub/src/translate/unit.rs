@@ -41,6 +41,7 @@ pub struct Built {
     pub warnings: BTreeMap<ResourceKey, Vec<String>>,
     /// Every key read (present or not), for the translator's index.
     pub consulted: BTreeSet<ResourceKey>,
+    pub service_version: u64,
 }
 
 fn key(kind: &str, name: &str) -> ResourceKey {
@@ -310,6 +311,7 @@ pub fn build(state: &State, namespace: &str, name: &str, l: &Lookups<'_>, cfg: &
         consulted.extend(v.inputs.read.iter().cloned());
     }
     Some(Built {
+        service_version: svc.service_inputs.version,
         ports: svc.ports.iter().map(|p| (p.port, p.protocol)).collect(),
         resources: out,
         vhosts,

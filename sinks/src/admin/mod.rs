@@ -179,8 +179,9 @@ async fn snapshot(State(a): State<Admin>, Query(q): Query<SnapshotQuery>) -> Res
 }
 
 /// One resource of a snapshot or state; the same shape as `keelson state --json`.
+/// One served resource; a derived one says so and names its inputs.
 pub fn resource_json(key: &ResourceKey, e: &keelson_hub::ResourceEntry) -> Value {
-    json!({
+    let mut v = json!({
         "key": key.to_string(),
         "version": e.version,
         "origin": e.origin.to_string(),
@@ -188,7 +189,12 @@ pub fn resource_json(key: &ResourceKey, e: &keelson_hub::ResourceEntry) -> Value
         "hash": format!("{:032x}", e.body.hash()),
         "encoded": e.encoded.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
         "body": e.body.to_value(),
-    })
+    });
+    if e.origin == keelson_hub::translate::origin() {
+        v["derived"] = json!(true);
+        v["inputs"] = v["body"]["derivedFrom"].clone();
+    }
+    v
 }
 
 async fn sources(State(a): State<Admin>) -> Response {
@@ -261,18 +267,7 @@ async fn storage(State(a): State<Admin>) -> Response {
 /// resources carry `"derived": true` and the keys of their inputs.
 pub fn state_json(r: &keelson_hub::Rebuilt, translate: &keelson_hub::translate::TranslateConfig) -> Value {
     let served = keelson_hub::translate::Served::of(&r.state, translate);
-    let resources: Vec<Value> = served
-        .resources()
-        .iter()
-        .map(|(k, e)| {
-            let mut v = resource_json(k, e);
-            if e.origin == keelson_hub::translate::origin() {
-                v["derived"] = json!(true);
-                v["inputs"] = v["body"]["derivedFrom"].clone();
-            }
-            v
-        })
-        .collect();
+    let resources: Vec<Value> = served.resources().iter().map(|(k, e)| resource_json(k, e)).collect();
     let shadowed: Vec<String> = served.shadowed().iter().map(ToString::to_string).collect();
     json!({
         "version": r.state.version,

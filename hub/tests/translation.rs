@@ -1,0 +1,339 @@
+//! The translation stage against the rules it promises (DESIGN.md §9):
+//! incremental translation equals a full one at every step, a version never
+//! names two different bytes, an endpoint change touches only endpoints,
+//! deleted inputs still move versions, and raw objects never silently
+//! replace derived ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use keelson_hub::translate::{Served, TranslateConfig};
+use keelson_hub::{Event, Op, ResourceKey, SourceId, SourceKind, State};
+use serde_json::{Value, json};
+
+const HOST: &str = "reviews.default.svc.cluster.local";
+
+fn object(v: Value) -> Op {
+    let o = keelson_hub::object::parse_object(&v).unwrap_or_else(|e| panic!("{e}: {v}"));
+    Op::Upsert {
+        key: o.key,
+        source_version: String::new(),
+        body: o.body,
+        location: String::new(),
+        author: String::new(),
+    }
+}
+
+fn service(name: &str, ports: &[(&str, u32)]) -> Op {
+    let ports: Vec<Value> = ports.iter().map(|(n, p)| json!({ "name": n, "port": p })).collect();
+    object(
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name, "namespace": "default" }, "spec": { "ports": ports } }),
+    )
+}
+
+fn slice(name: &str, svc: &str, port: u32, pod: &str, ready: bool) -> Op {
+    object(json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": name, "namespace": "default", "labels": { "kubernetes.io/service-name": svc } },
+        "addressType": "IPv4", "ports": [{ "name": "http", "port": port }],
+        "endpoints": [{ "addresses": ["127.0.0.1"], "conditions": { "ready": ready }, "zone": "z1",
+                        "targetRef": { "kind": "Pod", "name": pod, "namespace": "default" } }] }))
+}
+
+fn pod(name: &str, version: &str) -> Op {
+    object(
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "default", "labels": { "version": version } } }),
+    )
+}
+
+fn rule() -> Op {
+    object(
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "host": "reviews", "subsets": [{ "name": "v1", "labels": { "version": "v1" } }, { "name": "v2", "labels": { "version": "v2" } }] } }),
+    )
+}
+
+fn routes(v1_weight: u32) -> Op {
+    object(
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "hosts": ["reviews"], "http": [{ "route": [
+            { "destination": { "host": "reviews", "subset": "v1" }, "weight": v1_weight },
+            { "destination": { "host": "reviews", "subset": "v2" }, "weight": 100 - v1_weight } ] }] } }),
+    )
+}
+
+/// `op` as read from the Kubernetes cluster `cluster` (registry keys carry it).
+fn in_cluster(cluster: &str, op: Op) -> Op {
+    match op {
+        Op::Upsert { key, source_version, body, location, author } => {
+            Op::Upsert { key: key.in_cluster(cluster), source_version, body, location, author }
+        }
+        Op::Delete { key, source_version, author } => {
+            Op::Delete { key: key.in_cluster(cluster), source_version, author }
+        }
+        other => other,
+    }
+}
+
+fn node(name: &str, zone: &str) -> Op {
+    object(json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": name,
+        "labels": { "topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": zone } } }))
+}
+
+fn slice_on_node(name: &str, node: &str) -> Op {
+    object(json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": name, "namespace": "default", "labels": { "kubernetes.io/service-name": "reviews" } },
+        "addressType": "IPv4", "ports": [{ "name": "http", "port": 8003 }],
+        "endpoints": [{ "addresses": ["127.0.0.2"], "nodeName": node, "conditions": { "serving": true, "terminating": true, "ready": false } }] }))
+}
+
+fn delete(group: &str, kind: &str, name: &str) -> Op {
+    Op::Delete {
+        key: ResourceKey::new(group, kind, "default", name),
+        source_version: String::new(),
+        author: String::new(),
+    }
+}
+
+fn derived(kind: &str, name: &str) -> ResourceKey {
+    ResourceKey::new("xds.keelson.dev", kind, "", name)
+}
+
+/// Applies ops one by one, translating incrementally after each, and
+/// returns the state, the incremental view and each step's changed keys.
+struct Run {
+    state: State,
+    served: Served,
+    seq: u64,
+}
+
+impl Run {
+    fn new() -> Self {
+        let state = State::default();
+        let served = Served::of(&state, &TranslateConfig::default());
+        Run { state, served, seq: 0 }
+    }
+
+    fn apply(&mut self, op: Op) -> BTreeSet<ResourceKey> {
+        self.seq += 1;
+        let key = op.key().cloned().unwrap();
+        let origin = SourceId::new(SourceKind::File, "f");
+        self.state.apply(Event { seq: self.seq, at: SystemTime::UNIX_EPOCH, origin, op });
+        self.served.update(&self.state, &BTreeSet::from([key]))
+    }
+
+    /// (version, encoded bytes) of every served resource.
+    fn view(served: &Served) -> BTreeMap<ResourceKey, (u64, Vec<u8>)> {
+        served
+            .resources()
+            .iter()
+            .map(|(k, e)| (k.clone(), (e.version, e.encoded.clone().unwrap_or_default().to_vec())))
+            .collect()
+    }
+}
+
+fn script() -> Vec<Op> {
+    vec![
+        pod("reviews-v1", "v1"),
+        service("reviews", &[("http", 9080)]),
+        slice("reviews-a", "reviews", 8001, "reviews-v1", true),
+        rule(),
+        slice("reviews-b", "reviews", 8002, "reviews-v2", true),
+        pod("reviews-v2", "v2"),
+        routes(80),
+        service("ratings", &[("http", 9080), ("grpc", 9090)]),
+        routes(50),
+        in_cluster("east", service("reviews", &[("http", 9080)])),
+        in_cluster("east", slice_on_node("reviews-east", "n1")),
+        in_cluster("east", node("n1", "za")),
+        in_cluster("east", node("n1", "zb")),
+        in_cluster("east", delete("", "Node", "n1")),
+        pod("reviews-v1", "v3"),
+        slice("reviews-a", "reviews", 8001, "reviews-v1", false),
+        slice("reviews-b", "ratings", 8002, "reviews-v2", true),
+        delete("", "Pod", "reviews-v2"),
+        delete("networking.istio.io", "VirtualService", "reviews"),
+        delete("discovery.k8s.io", "EndpointSlice", "reviews-a"),
+        service("reviews", &[("http", 9080), ("tcp-db", 5432)]),
+        delete("networking.istio.io", "DestinationRule", "reviews"),
+        delete("", "Service", "ratings"),
+        delete("", "Service", "reviews"),
+        in_cluster("east", delete("", "Service", "reviews")),
+    ]
+}
+
+#[test]
+fn incremental_translation_equals_a_full_one_and_a_version_always_means_the_same_bytes() {
+    let mut run = Run::new();
+    let mut seen: BTreeMap<(ResourceKey, u64), Vec<u8>> = BTreeMap::new();
+    let mut previous = Run::view(&run.served);
+    for (step, op) in script().into_iter().enumerate() {
+        let changed = run.apply(op);
+        let incremental = Run::view(&run.served);
+        let full = Run::view(&Served::of(&run.state, &TranslateConfig::default()));
+        let differ: Vec<String> = incremental
+            .keys()
+            .chain(full.keys())
+            .filter(|k| incremental.get(*k) != full.get(*k))
+            .map(|k| {
+                format!(
+                    "{k} (incremental v{:?}, full v{:?})",
+                    incremental.get(k).map(|e| e.0),
+                    full.get(k).map(|e| e.0)
+                )
+            })
+            .collect();
+        assert!(differ.is_empty(), "step {step}: incremental and full translation differ: {differ:#?}");
+        for (key, (version, bytes)) in &incremental {
+            assert!(*version <= run.seq, "step {step}: {key} has version {version} beyond seq {}", run.seq);
+            let earlier = seen.entry((key.clone(), *version)).or_insert_with(|| bytes.clone());
+            assert_eq!(earlier, bytes, "step {step}: {key} version {version} names two different encodings");
+            // Every resource whose bytes changed is in the change set.
+            if previous.get(key).map(|p| &p.1) != Some(bytes) {
+                assert!(changed.contains(key), "step {step}: {key} changed but was not reported");
+            }
+        }
+        for key in previous.keys().filter(|k| !incremental.contains_key(*k)) {
+            assert!(changed.contains(key), "step {step}: {key} was removed but not reported");
+        }
+        previous = incremental;
+    }
+    assert!(previous.keys().all(|k| k.group != "xds.keelson.dev"), "every derived resource is gone with its services");
+}
+
+#[test]
+fn an_endpoint_change_rebuilds_only_that_services_endpoints() {
+    let mut run = Run::new();
+    for op in script().into_iter().take(8) {
+        run.apply(op);
+    }
+    let changed = run.apply(slice("reviews-a", "reviews", 8001, "reviews-v1", false));
+    let touched: Vec<&ResourceKey> = changed.iter().filter(|k| k.group == "xds.keelson.dev").collect();
+    assert!(!touched.is_empty());
+    assert!(
+        touched.iter().all(|k| k.kind == "ClusterLoadAssignment" && k.name.ends_with(HOST)),
+        "only reviews' endpoints: {touched:?}"
+    );
+    let cla = &run.served.resources()[&derived("ClusterLoadAssignment", &format!("outbound|9080|v1|{HOST}"))];
+    assert_eq!(cla.version, run.seq, "the endpoint's version is the slice's seq");
+    assert!(
+        cla.body.to_value()["spec"]["endpoints"].as_array().unwrap().is_empty(),
+        "the not-ready endpoint is not served"
+    );
+    let cluster = &run.served.resources()[&derived("Cluster", &format!("outbound|9080||{HOST}"))];
+    assert!(cluster.version < run.seq, "the cluster kept its version");
+}
+
+#[test]
+fn deleting_an_input_moves_the_version_of_what_it_fed() {
+    let mut run = Run::new();
+    for op in script().into_iter().take(7) {
+        run.apply(op);
+    }
+    let name = format!("outbound|9080||{HOST}");
+    let before = run.served.resources()[&derived("ClusterLoadAssignment", &name)].version;
+    run.apply(delete("discovery.k8s.io", "EndpointSlice", "reviews-a"));
+    let after = &run.served.resources()[&derived("ClusterLoadAssignment", &name)];
+    assert!(after.version > before && after.version == run.seq, "the deletion's seq: {} → {}", before, after.version);
+    // The same state rebuilt elsewhere (a checkpoint, another process) agrees.
+    let blob = keelson_hub::checkpoint::encode(&run.state);
+    let restored = keelson_hub::checkpoint::decode(keelson_hub::checkpoint::FORMAT_V5, &blob).unwrap();
+    let again = Served::of(&restored, &TranslateConfig::default());
+    assert_eq!(again.resources()[&derived("ClusterLoadAssignment", &name)].version, run.seq);
+    assert_eq!(Run::view(&again), Run::view(&run.served));
+}
+
+#[test]
+fn names_and_shapes_follow_istiod() {
+    let mut run = Run::new();
+    for op in script().into_iter().take(8) {
+        run.apply(op);
+    }
+    let r = run.served.resources();
+    for name in
+        [format!("outbound|9080||{HOST}"), format!("outbound|9080|v1|{HOST}"), format!("outbound|9080|v2|{HOST}")]
+    {
+        assert!(r.contains_key(&derived("Cluster", &name)), "{name}");
+        assert!(r.contains_key(&derived("ClusterLoadAssignment", &name)), "{name}");
+    }
+    // Proxyless gRPC: a by-name API listener per service port, RDS named like the cluster.
+    let api = &r[&derived("Listener", &format!("{HOST}:9080"))];
+    assert!(api.serving.by_name, "an Envoy asking for every listener must not get API listeners");
+    let hcm = &api.body.to_value()["spec"]["api_listener"]["api_listener"];
+    assert_eq!(hcm["rds"]["route_config_name"], format!("outbound|9080||{HOST}"));
+    let filters: Vec<&str> =
+        hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(filters.last(), Some(&"envoy.filters.http.router"), "the router is last");
+    // Sidecars: one listener and route table per port, shared by the services on it.
+    let table = r[&derived("RouteConfiguration", "9080")].body.to_value();
+    let vhosts: Vec<&str> =
+        table["spec"]["virtual_hosts"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(vhosts, ["ratings.default.svc.cluster.local:9080".to_string(), format!("{HOST}:9080")]);
+    assert!(!r[&derived("Listener", "127.0.0.1_9080")].serving.by_name);
+    // Every locality group has a locality and a positive weight (gRPC insists).
+    let cla = r[&derived("ClusterLoadAssignment", &format!("outbound|9080||{HOST}"))].body.to_value();
+    for group in cla["spec"]["endpoints"].as_array().unwrap() {
+        assert!(group["locality"].is_object() && group["load_balancing_weight"].as_u64() > Some(0), "{group}");
+    }
+}
+
+#[test]
+fn a_raw_resource_with_a_derived_name_is_not_served_and_translation_can_be_off() {
+    let mut run = Run::new();
+    for op in script().into_iter().take(3) {
+        run.apply(op);
+    }
+    let name = format!("outbound|9080||{HOST}");
+    let raw = object(json!({ "apiVersion": "xds.keelson.dev/v1", "kind": "Cluster", "metadata": { "name": name },
+        "spec": { "name": name, "type": "STATIC", "connect_timeout": "1s" } }));
+    run.apply(raw);
+    let key = derived("Cluster", &name);
+    assert!(run.served.shadowed().contains(&key));
+    assert_eq!(run.served.resources()[&key].origin, keelson_hub::translate::origin(), "the derived one is served");
+    let off = TranslateConfig { enabled: false, ..TranslateConfig::default() };
+    let plain = Served::of(&run.state, &off);
+    assert_eq!(
+        plain.resources()[&key].origin,
+        SourceId::new(SourceKind::File, "f"),
+        "without translation the raw one is"
+    );
+    assert!(plain.resources().keys().all(|k| k.kind != "ClusterLoadAssignment"));
+}
+
+#[test]
+fn unsupported_fields_are_named_in_warnings() {
+    let mut run = Run::new();
+    run.apply(service("reviews", &[("http", 9080)]));
+    run.apply(object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "hosts": ["reviews"], "http": [{ "corsPolicy": { "allowOrigins": [] }, "route": [{ "destination": { "host": "reviews" } }] }] } })));
+    run.apply(object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "host": "reviews", "trafficPolicy": { "tls": { "mode": "ISTIO_MUTUAL" } } } })));
+    let warnings = run.served.translator().unwrap().warnings();
+    let vs = ResourceKey::new("networking.istio.io", "VirtualService", "default", "reviews");
+    assert!(warnings[&vs].iter().any(|w| w.contains("spec.http[0].corsPolicy")), "{warnings:?}");
+    let dr = ResourceKey::new("networking.istio.io", "DestinationRule", "default", "reviews");
+    assert!(warnings[&dr].iter().any(|w| w.contains("ISTIO_MUTUAL is rejected")), "{warnings:?}");
+}
+
+#[test]
+fn endpoints_of_every_cluster_merge_by_host_with_their_locality_and_health() {
+    let mut run = Run::new();
+    run.apply(service("reviews", &[("http", 9080)]));
+    run.apply(slice("reviews-a", "reviews", 8001, "reviews-v1", true));
+    run.apply(in_cluster("east", service("reviews", &[("http", 9080)])));
+    run.apply(in_cluster("east", node("n1", "za")));
+    run.apply(in_cluster("east", slice_on_node("reviews-east", "n1")));
+    let cla =
+        run.served.resources()[&derived("ClusterLoadAssignment", &format!("outbound|9080||{HOST}"))].body.to_value();
+    let groups = cla["spec"]["endpoints"].as_array().unwrap();
+    let localities: Vec<&Value> = groups.iter().map(|g| &g["locality"]).collect();
+    assert_eq!(
+        localities,
+        [
+            &json!({ "region": "", "zone": "z1", "sub_zone": "" }),
+            &json!({ "region": "r1", "zone": "za", "sub_zone": "east" })
+        ],
+        "the node's topology labels, and the cluster as sub-zone: {cla}"
+    );
+    assert_eq!(groups[1]["lb_endpoints"][0]["health_status"], "DRAINING", "serving + terminating drains");
+    assert_eq!(groups[0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 8001);
+}
