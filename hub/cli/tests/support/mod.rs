@@ -482,3 +482,4 @@ fn serve_http(mut conn: TcpStream, body: &str, stop: &std::sync::atomic::AtomicB
 }
 
 pub mod real;
+pub mod translate;

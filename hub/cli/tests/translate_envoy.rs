@@ -1,0 +1,480 @@
+//! Translation (issue 12) with a real Envoy 1.40 sidecar: Kubernetes
+//! Services, Pods and EndpointSlices plus Istio DestinationRules and
+//! VirtualServices from `file:` sources become the listeners, routes,
+//! clusters and endpoints istiod would build (translate-spec), and real HTTP
+//! requests through Envoy follow them: header routing, an 80/20 split, fault
+//! injection, retries, endpoint readiness, and endpoints of two sources with
+//! their localities.
+//!
+//! Envoy comes from `scripts/install-test-deps` (target/test-deps); without it
+//! these tests fail and say so. Every process binds 127.0.0.1 only, runs
+//! under `timeout`, and is stopped by PID when its guard drops; every wait
+//! polls with a deadline.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use serde_json::Value;
+use support::real::*;
+use support::translate::*;
+use support::{Backend, Proc, Serve, free_port, try_http};
+
+/// An Istio sidecar's node id (`type~ip~pod.ns~ns.svc.<domain>`), as the spec asks.
+const NODE: &str = "sidecar~127.0.0.1~envoy-1.default~default.svc.cluster.local";
+const SVC: &str = "reviews";
+
+// ------------------------------------------------------------------ Envoy
+
+struct Envoy {
+    proc: Proc,
+    /// Its admin address, `127.0.0.1:PORT`.
+    admin: String,
+}
+
+impl Envoy {
+    /// Envoy with an ADS bootstrap (`api_type` GRPC or DELTA_GRPC) against
+    /// `hub` (`127.0.0.1:PORT`), one worker thread (the machine is small),
+    /// its admin endpoint up.
+    fn start(dir: &Path, hub: &str, api_type: &str) -> Envoy {
+        let (host, port) = hub.rsplit_once(':').unwrap();
+        // initial_fetch_timeout 0s: Envoy stays un-ready until CDS and LDS
+        // really arrive instead of going LIVE without config after 15 s.
+        let bootstrap = format!(
+            r#"node: {{id: "{NODE}", cluster: test}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: keelson}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
+  lds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
+static_resources:
+  clusters:
+  - name: keelson
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: keelson
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}
+"#
+        );
+        let boot = dir.join("envoy.yaml");
+        std::fs::write(&boot, bootstrap).unwrap();
+        let addr_file = dir.join("envoy.admin");
+        // Unique shared-memory names for parallel Envoys (hot restart is off anyway).
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base_id = (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        let args = [
+            "-c",
+            boot.to_str().unwrap(),
+            "--base-id",
+            &base_id.to_string(),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            // A removed listener drains (and keeps its route configuration)
+            // for drain-time-s, 600 s by default: 1 s lets a test see it go.
+            "--drain-time-s",
+            "1",
+            "--admin-address-path",
+            addr_file.to_str().unwrap(),
+            "-l",
+            "warn",
+        ];
+        let proc = Proc::start("envoy", PROC_SECS, &envoy_bin(), &args, &[]);
+        let admin = poll("Envoy to write its admin address", WAIT, &String::new, |last| {
+            if let Some(st) = proc.try_status() {
+                panic!("Envoy exited ({st}) during startup\n{}", proc.output());
+            }
+            let a = std::fs::read_to_string(&addr_file).unwrap_or_default();
+            *last = a.clone();
+            let a = a.trim();
+            (!a.is_empty() && try_http(a, "/ready").is_ok()).then(|| a.to_string())
+        });
+        Envoy { proc, admin }
+    }
+
+    fn json(&self, path: &str) -> Value {
+        match try_http(&self.admin, path) {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// A counter, e.g. `cluster.NAME.upstream_rq_retry` (`/stats?filter=` is
+    /// a regex, so the filter is only the name's last segment).
+    fn stat(&self, name: &str) -> Option<u64> {
+        let suffix = name.rsplit('.').next().unwrap();
+        let (_, body) = try_http(&self.admin, &format!("/stats?filter={suffix}$")).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    }
+
+    /// The ClusterLoadAssignment Envoy holds for `cluster` (from
+    /// `/config_dump?include_eds`).
+    fn endpoints(&self, cluster: &str) -> Option<Value> {
+        let dump = self.json("/config_dump?include_eds");
+        let eds = dump["configs"]
+            .as_array()?
+            .iter()
+            .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with("EndpointsConfigDump")))?;
+        eds["dynamic_endpoint_configs"]
+            .as_array()?
+            .iter()
+            .map(|c| &c["endpoint_config"])
+            .find(|cla| cla["cluster_name"] == cluster)
+            .cloned()
+    }
+
+    /// Names of the active clusters, warmed listeners and route configurations.
+    fn names(&self) -> [BTreeSet<String>; 3] {
+        let dump = self.json("/config_dump");
+        let mut out: [BTreeSet<String>; 3] = Default::default();
+        for c in dump["configs"].as_array().into_iter().flatten() {
+            let ty = c["@type"].as_str().unwrap_or_default();
+            let (i, key, name): (usize, &str, fn(&Value) -> &Value) = if ty.ends_with("ClustersConfigDump") {
+                (0, "dynamic_active_clusters", |x| &x["cluster"]["name"])
+            } else if ty.ends_with("ListenersConfigDump") {
+                (1, "dynamic_listeners", |x| if x["active_state"].is_object() { &x["name"] } else { &Value::Null })
+            } else if ty.ends_with("RoutesConfigDump") {
+                (2, "dynamic_route_configs", |x| &x["route_config"]["name"])
+            } else {
+                continue;
+            };
+            out[i].extend(c[key].as_array().into_iter().flatten().filter_map(|x| name(x).as_str().map(String::from)));
+        }
+        out
+    }
+
+    /// The dynamic route configurations and the names of the listeners and
+    /// clusters, for failure messages.
+    fn summary(&self) -> String {
+        let dump = self.json("/config_dump");
+        let mut out = String::new();
+        for c in dump["configs"].as_array().into_iter().flatten() {
+            let ty = c["@type"].as_str().unwrap_or_default();
+            let names = |key: &str, name: &dyn Fn(&Value) -> Value| -> Vec<Value> {
+                c[key].as_array().into_iter().flatten().map(name).collect()
+            };
+            if ty.ends_with("ListenersConfigDump") {
+                let l = names("dynamic_listeners", &|l| {
+                    serde_json::json!([l["name"], l["active_state"].is_object(), l["error_state"]])
+                });
+                out += &format!("listeners [name, active, error]: {}\n", Value::Array(l));
+            } else if ty.ends_with("ClustersConfigDump") {
+                let c = names("dynamic_active_clusters", &|c| c["cluster"]["name"].clone());
+                out += &format!("active clusters: {}\n", Value::Array(c));
+            } else if ty.ends_with("RoutesConfigDump") {
+                let r = names("dynamic_route_configs", &|r| r["route_config"].clone());
+                out += &format!("route configs: {}\n", Value::Array(r));
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- the mesh
+
+/// A hub serving config directories to one Envoy sidecar, and a keep-alive
+/// client of the listener Envoy opens on the Service port.
+struct Mesh {
+    // Dropped in this order: the client, Envoy, the hub, then the files.
+    http: HttpClient,
+    envoy: Envoy,
+    serve: Serve,
+    svc_port: u16,
+    /// The ADS stream kind as syncz names it: `sotw` or `delta`.
+    stream: &'static str,
+    _work: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// `files`: how many config files `dirs` hold (checked by `keelson
+    /// validate`); `delta`: Delta xDS instead of SotW.
+    fn start(work: tempfile::TempDir, svc_port: u16, dirs: &[&Path], files: usize, delta: bool) -> Mesh {
+        assert_validates(dirs, files);
+        let serve = serve_files(work.path(), dirs);
+        let (api_type, stream) = if delta { ("DELTA_GRPC", "delta") } else { ("GRPC", "sotw") };
+        let envoy = Envoy::start(work.path(), &serve.grpc, api_type);
+        let http = HttpClient::new(&format!("127.0.0.1:{svc_port}"));
+        Mesh { http, envoy, serve, svc_port, stream, _work: work }
+    }
+
+    fn diag(&self) -> String {
+        format!(
+            "--- Envoy config: {}{}\n{}\n--- syncz: {}",
+            self.envoy.summary(),
+            self.envoy.proc.output(),
+            serve_log(&self.serve),
+            syncz(&self.serve)
+        )
+    }
+
+    /// `n` requests to the Service port with `Host: <fqdn>` and `headers`.
+    fn tally(&mut self, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
+        self.http.tally(n, &fqdn(SVC), headers)
+    }
+
+    /// Polls until a request with `headers` is answered `want` (a 200's body
+    /// or a status).
+    fn wait_answer(&mut self, what: &str, headers: &[(&str, &str)], want: &str) {
+        let end = Instant::now() + WAIT;
+        let mut last = BTreeMap::new();
+        while Instant::now() < end {
+            last = self.tally(1, headers);
+            if last.contains_key(want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("timed out after {WAIT:?} waiting for {what} ({want}); last {last:?}\n{}", self.diag());
+    }
+
+    fn assert_synced(&self) {
+        let d = || self.diag();
+        poll("syncz: the sidecar SYNCED for CDS, EDS, LDS, RDS (no NACK)", WAIT, &d, |last| {
+            let z = syncz(&self.serve);
+            *last = z.to_string();
+            all_synced(&z, NODE, self.stream, &[CDS, EDS, LDS, RDS]).then_some(())
+        });
+    }
+}
+
+fn workload<'a>(pod: &'a str, version: &'a str, port: u16, zone: &'a str) -> Workload<'a> {
+    Workload { pod, version, port, zone }
+}
+
+/// The bookinfo routes of istio.io's request-routing, traffic-shifting and
+/// fault-injection tasks (short host names, resolved in the object's
+/// namespace as istiod does), plus two routes to a backend that fails every
+/// other request: one with `retries`, one without.
+const ROUTES: &str = r#"  - name: retried
+    match: [{headers: {x-test: {exact: retry}}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+    retries: {attempts: 3, retryOn: 5xx}
+  - name: not-retried
+    match: [{headers: {x-test: {exact: no-retry}}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: split
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+"#;
+
+const FAULT_ROUTE: &str = r#"  - name: faulty
+    match: [{headers: {x-fault: {exact: "yes"}}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+"#;
+
+#[test]
+fn envoy_sidecar_routes_by_header_and_weight_injects_faults_and_retries() {
+    let t0 = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    let (v1, v2, v3) = (Backend::start("v1"), Backend::start("v2"), FlakyBackend::start("v3"));
+    let svc_port = free_port();
+    let workloads = [
+        workload("reviews-v1", "v1", v1.port, "z1"),
+        workload("reviews-v2", "v2", v2.port, "z1"),
+        workload("reviews-v3", "v3", v3.port, "z1"),
+    ];
+    write_service(&config, SVC, "http", svc_port, &workloads);
+    write(&config, "destination-rule.yaml", &destination_rule(SVC, SVC, &["v1", "v2", "v3"]));
+    write(&config, "virtual-service.yaml", &virtual_service(SVC, SVC, ROUTES));
+    let mut m = Mesh::start(work, svc_port, &[&config], 9, false);
+
+    // (a) The header route always reaches v2; the rest split 80/20.
+    let jason = [("end-user", "jason")];
+    m.wait_answer("Envoy to route end-user: jason", &jason, "v2");
+    let counts = m.tally(50, &jason);
+    assert_eq!(counts, BTreeMap::from([("v2".to_string(), 50)]), "end-user: jason\n{}", m.diag());
+    let counts = m.tally(1000, &[]);
+    let (a, b) = (counts.get("v1").copied().unwrap_or(0), counts.get("v2").copied().unwrap_or(0));
+    // 80 % of 1,000 has a standard deviation of 1.3 %: 75-85 % is ±4 σ.
+    assert!(a + b == 1000 && (750..=850).contains(&a), "80/20 split over 1000 requests: {counts:?}\n{}", m.diag());
+    eprintln!("split: {counts:?} after {:?}", t0.elapsed());
+
+    // istiod's names: one listener on the service port (never the
+    // proxyless `<host>:<port>` one in a wildcard answer), routes named by
+    // the port, a cluster per port and per subset.
+    let [clusters, listeners, routes] = m.envoy.names();
+    assert_eq!(listeners, BTreeSet::from([format!("127.0.0.1_{svc_port}")]), "\n{}", m.diag());
+    assert_eq!(routes, BTreeSet::from([svc_port.to_string()]), "\n{}", m.diag());
+    for subset in ["", "v1", "v2", "v3"] {
+        let name = cluster_name(svc_port, subset, SVC);
+        assert!(clusters.contains(&name), "no cluster {name} in {clusters:?}\n{}", m.diag());
+    }
+
+    // (c) retries: 5xx makes Envoy retry the 500 of the flaky backend, so
+    // every request succeeds; without it, half of them fail (istiod's
+    // default policy retries 503 only).
+    let before = v3.requests();
+    let counts = m.tally(20, &[("x-test", "retry")]);
+    assert_eq!(counts, BTreeMap::from([("v3".to_string(), 20)]), "retried route\n{}", m.diag());
+    let attempts = v3.requests() - before;
+    assert!(attempts >= 40, "20 requests, each a 500 then a 200, took {attempts} attempts");
+    let retried = m.envoy.stat(&format!("cluster.{}.upstream_rq_retry", cluster_name(svc_port, "v3", SVC)));
+    assert!(retried.is_some_and(|n| n >= 20), "upstream_rq_retry {retried:?}\n{}", m.diag());
+    let counts = m.tally(20, &[("x-test", "no-retry")]);
+    assert!(
+        counts.get("500").is_some_and(|&n| n > 0) && counts.get("v3").is_some_and(|&n| n > 0),
+        "the route without retries passes the backend's 500s on: {counts:?}\n{}",
+        m.diag()
+    );
+
+    // The virtual host answers every name istiod's generateVirtualHostDomains
+    // gives a Service in the client's namespace (no other namespace has a
+    // `reviews`, so the bare name too); another host has no virtual host.
+    let hosts = [
+        fqdn(SVC),
+        format!("{}:{svc_port}", fqdn(SVC)),
+        format!("{SVC}.{NS}"),
+        format!("{SVC}.{NS}:{svc_port}"),
+        format!("{SVC}.{NS}.svc"),
+        format!("{SVC}.{NS}.svc:{svc_port}"),
+        SVC.to_string(),
+        format!("{SVC}:{svc_port}"),
+    ];
+    for host in &hosts {
+        let counts = m.http.tally(3, host, &jason);
+        assert_eq!(counts, BTreeMap::from([("v2".to_string(), 3)]), "Host: {host}\n{}", m.diag());
+    }
+    let counts = m.http.tally(3, &fqdn("ratings"), &jason);
+    assert_eq!(counts, BTreeMap::from([("404".to_string(), 3)]), "Host: {}\n{}", fqdn("ratings"), m.diag());
+
+    // (b) fault: an added route aborts every matching request with 503.
+    replace_in(&config.join("virtual-service.yaml"), "  - name: jason\n", &format!("{FAULT_ROUTE}  - name: jason\n"));
+    let fault = [("x-fault", "yes")];
+    m.wait_answer("the fault route to abort", &fault, "503");
+    let counts = m.tally(20, &fault);
+    assert_eq!(counts, BTreeMap::from([("503".to_string(), 20)]), "x-fault: yes\n{}", m.diag());
+    let counts = m.tally(20, &jason);
+    assert_eq!(counts, BTreeMap::from([("v2".to_string(), 20)]), "end-user: jason after the edit\n{}", m.diag());
+    m.assert_synced();
+    eprintln!("routing, split, retries, fault: passed in {:?}", t0.elapsed());
+}
+
+/// `(zone, load_balancing_weight, ports Envoy may send traffic to)`.
+type Locality = (String, u64, Vec<u64>);
+
+/// The localities of a ClusterLoadAssignment, sorted, with the ports of
+/// their HEALTHY or UNKNOWN endpoints (Envoy's load balancer skips the rest).
+fn localities(cla: &Value) -> Vec<Locality> {
+    let mut out: Vec<Locality> = cla["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let mut ports: Vec<u64> = l["lb_endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| servable(e["health_status"].as_str().unwrap_or("UNKNOWN")))
+                .map(|e| e["endpoint"]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0))
+                .collect();
+            ports.sort();
+            let zone = l["locality"]["zone"].as_str().unwrap_or_default().to_string();
+            (zone, l["load_balancing_weight"].as_u64().unwrap_or(0), ports)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn servable(health: &str) -> bool {
+    matches!(health, "UNKNOWN" | "HEALTHY")
+}
+
+/// Over Delta xDS (the other test uses SotW): endpoint changes and removals
+/// arrive as Delta updates and removals.
+#[test]
+fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
+    let t0 = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let (east, west) = (work.path().join("east"), work.path().join("west"));
+    let (v1, v2, v1b) = (Backend::start("v1"), Backend::start("v2"), Backend::start("v1b"));
+    let svc_port = free_port();
+    // No DestinationRule, no VirtualService: the default route to
+    // outbound|port||host, round robin over every endpoint.
+    let here = [workload("reviews-v1", "v1", v1.port, "z1"), workload("reviews-v2", "v2", v2.port, "z1")];
+    write_service(&east, SVC, "http", svc_port, &here);
+    // A second source holds more endpoints of the same Service (another
+    // slice name, another zone), as a second cluster's EndpointSlices would.
+    write_workloads(&west, SVC, "http", &[workload("reviews-v1b", "v1", v1b.port, "z2")]);
+    let mut m = Mesh::start(work, svc_port, &[&east, &west], 7, true);
+    let cluster = cluster_name(m.svc_port, "", SVC);
+
+    // (e) one cluster, both sources' endpoints, one locality per zone
+    // weighted by its number of endpoints.
+    let mut here_ports = vec![v1.port as u64, v2.port as u64];
+    here_ports.sort();
+    let want: Vec<Locality> = vec![("z1".into(), 2, here_ports), ("z2".into(), 1, vec![v1b.port as u64])];
+    let d = || m.diag();
+    poll(&format!("Envoy's endpoints of {cluster} to be {want:?}"), WAIT, &d, |last| {
+        let cla = m.envoy.endpoints(&cluster)?;
+        *last = cla.to_string();
+        (localities(&cla) == want).then_some(())
+    });
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.extend(m.tally(1, &[]).into_keys());
+        if seen.len() >= 3 {
+            break;
+        }
+    }
+    let all: BTreeSet<String> = ["v1", "v1b", "v2"].map(String::from).into();
+    assert_eq!(seen, all, "60 requests round robin over three endpoints\n{}", m.diag());
+    m.assert_synced();
+
+    // (d) an endpoint that is no longer ready gets no traffic.
+    replace_in(&east.join("slice-reviews-v1.yaml"), "ready: true", "ready: false");
+    let end = Instant::now() + WAIT;
+    let mut run = 0;
+    let mut last = BTreeMap::new();
+    while run < 30 {
+        assert!(Instant::now() < end, "no 30 requests in a row avoided the unready v1; last {last:?}\n{}", m.diag());
+        last = m.tally(1, &[]);
+        run = if last.contains_key("v2") || last.contains_key("v1b") { run + 1 } else { 0 };
+    }
+    let counts = m.tally(100, &[]);
+    assert!(
+        counts.keys().all(|k| k == "v2" || k == "v1b") && counts.len() == 2,
+        "after v1 went unready: {counts:?}\n{}",
+        m.diag()
+    );
+    let cla = m.envoy.endpoints(&cluster).unwrap_or_default();
+    let served: Vec<u64> = localities(&cla).into_iter().flat_map(|l| l.2).collect();
+    assert!(!served.contains(&(v1.port as u64)), "the unready endpoint is still served: {cla}\n{}", m.diag());
+    m.assert_synced();
+
+    // Deleting the Service takes its listener, routes and clusters away
+    // (its slices stay, as they may in Kubernetes until garbage collection).
+    std::fs::remove_file(east.join("service.yaml")).unwrap();
+    let d = || m.diag();
+    poll("Envoy to drop the Service's listener, route and clusters", WAIT, &d, |last| {
+        let names = m.envoy.names();
+        *last = format!("{names:?}");
+        names.iter().all(|n| n.is_empty()).then_some(())
+    });
+    // Over Delta every type ends SYNCED. (Over SotW the hub's syncz keeps
+    // EDS at sent N / acked N-1 here: Envoy drops its EDS watches with the
+    // clusters and takes the hub's empty EDS answer without a request,
+    // GrpcMuxImpl's "no watches and no resources" case.)
+    m.assert_synced();
+    eprintln!("two sources, localities, readiness: passed in {:?}", t0.elapsed());
+}
