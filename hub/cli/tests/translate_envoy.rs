@@ -441,7 +441,10 @@ fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
     assert_eq!(seen, all, "60 requests round robin over three endpoints\n{}", m.diag());
     m.assert_synced();
 
-    // (d) an endpoint that is no longer ready gets no traffic.
+    // (d) an endpoint that is no longer ready gets no traffic, and only
+    // endpoints are pushed for it: incremental EDS, seen in the hub's push
+    // counters (keelson_xds_pushes_total per type).
+    let before = pushes(&m.serve);
     replace_in(&east.join("slice-reviews-v1.yaml"), "ready: true", "ready: false");
     let end = Instant::now() + WAIT;
     let mut run = 0;
@@ -461,6 +464,11 @@ fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
     let served: Vec<u64> = localities(&cla).into_iter().flat_map(|l| l.2).collect();
     assert!(!served.contains(&(v1.port as u64)), "the unready endpoint is still served: {cla}\n{}", m.diag());
     m.assert_synced();
+    let after = pushes(&m.serve);
+    for ty in ["CDS", "LDS", "RDS"] {
+        assert_eq!(after.get(ty), before.get(ty), "an endpoint-only change pushed {ty}: {before:?} → {after:?}");
+    }
+    assert!(after.get("EDS") > before.get("EDS"), "the endpoint change was pushed: {before:?} → {after:?}");
 
     // Deleting the Service takes its listener, routes and clusters away
     // (its slices stay, as they may in Kubernetes until garbage collection).
@@ -477,4 +485,16 @@ fn envoy_sidecar_follows_endpoint_slices_of_two_sources() {
     // GrpcMuxImpl's "no watches and no resources" case.)
     m.assert_synced();
     eprintln!("two sources, localities, readiness: passed in {:?}", t0.elapsed());
+}
+
+/// The hub's xDS responses sent so far, per type (`keelson_xds_pushes_total`).
+fn pushes(serve: &Serve) -> BTreeMap<String, u64> {
+    let text = support::http_text(&serve.admin, "/metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("keelson_xds_pushes_total{type=\""))
+        .filter_map(|l| {
+            let (ty, rest) = l.split_once('"')?;
+            Some((ty.to_string(), rest.trim_start_matches('}').trim().parse().ok()?))
+        })
+        .collect()
 }
