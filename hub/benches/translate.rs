@@ -49,7 +49,7 @@ fn service(i: usize) -> Op {
 
 fn pod(i: usize, j: usize) -> Op {
     op(json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": format!("svc-{i}-{j}"), "namespace": ns(i),
-        "labels": { "app": format!("svc-{i}"), "version": if j % 2 == 0 { "v1" } else { "v2" } } } }))
+        "labels": { "app": format!("svc-{i}"), "version": if j.is_multiple_of(2) { "v1" } else { "v2" } } } }))
 }
 
 fn slice(i: usize, ready_until: usize) -> Op {

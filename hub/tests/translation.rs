@@ -121,12 +121,12 @@ impl Run {
         self.served.update(&self.state, &BTreeSet::from([key]))
     }
 
-    /// (version, encoded bytes) of every served resource.
-    fn view(served: &Served) -> BTreeMap<ResourceKey, (u64, Vec<u8>)> {
+    /// (version, encoded bytes, body hash) of every served resource.
+    fn view(served: &Served) -> BTreeMap<ResourceKey, (u64, Vec<u8>, u128)> {
         served
             .resources()
             .iter()
-            .map(|(k, e)| (k.clone(), (e.version, e.encoded.clone().unwrap_or_default().to_vec())))
+            .map(|(k, e)| (k.clone(), (e.version, e.encoded.clone().unwrap_or_default().to_vec(), e.body.hash())))
             .collect()
     }
 }
@@ -183,7 +183,7 @@ fn incremental_translation_equals_a_full_one_and_a_version_always_means_the_same
             })
             .collect();
         assert!(differ.is_empty(), "step {step}: incremental and full translation differ: {differ:#?}");
-        for (key, (version, bytes)) in &incremental {
+        for (key, (version, bytes, _)) in &incremental {
             assert!(*version <= run.seq, "step {step}: {key} has version {version} beyond seq {}", run.seq);
             let earlier = seen.entry((key.clone(), *version)).or_insert_with(|| bytes.clone());
             assert_eq!(earlier, bytes, "step {step}: {key} version {version} names two different encodings");
@@ -273,6 +273,8 @@ fn names_and_shapes_follow_istiod() {
     let vhosts: Vec<&str> =
         table["virtual_hosts"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(vhosts, ["ratings.default.svc.cluster.local:9080".to_string(), format!("{HOST}:9080")]);
+    let body = r[&derived("RouteConfiguration", "9080")].body.to_value();
+    assert_eq!(body["gathers"], json!(vhosts), "the table's body names what it gathers");
     assert!(!r[&derived("Listener", "127.0.0.1_9080")].serving.by_name);
     // Every locality group has a locality and a positive weight (gRPC insists).
     let cla = r[&derived("ClusterLoadAssignment", &format!("outbound|9080||{HOST}"))].body.to_value();

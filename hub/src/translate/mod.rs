@@ -82,6 +82,9 @@ struct PortMembers {
     /// Unit → (its Services' version, HTTP?, host).
     services: BTreeMap<String, (u64, bool, String)>,
     vhosts: BTreeMap<Arc<str>, Arc<unit::VirtualHost>>,
+    /// The virtual hosts' names as JSON, for the table's body; kept until
+    /// the set of names changes (a route change keeps it).
+    gathered: Option<Arc<serde_json::value::RawValue>>,
 }
 
 /// A unit's current output.
@@ -309,6 +312,7 @@ impl Translator {
         let what = if self.units.contains_key(unit) { what } else { Rebuild::All };
         let built = unit::build(state, namespace, name, &lookups, &self.cfg, what);
         let old = self.units.remove(unit);
+        let mut removed: Vec<(u32, Arc<str>)> = Vec::new();
         if let Some(old) = &old {
             for k in &old.consulted {
                 if let Some(set) = self.consumers.get_mut(k) {
@@ -323,6 +327,7 @@ impl Translator {
                     members.services.remove(unit);
                     if let Some(v) = old.vhosts.get(p) {
                         members.vhosts.remove(&v.name);
+                        removed.push((*p, v.name.clone()));
                     }
                 }
             }
@@ -337,6 +342,9 @@ impl Translator {
             }
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
+            for (p, _) in &removed {
+                self.ports.entry(*p).or_default().gathered = None;
+            }
             self.clear_warnings_of(unit);
             return changed;
         };
@@ -393,8 +401,16 @@ impl Translator {
             let members = self.ports.entry(*p).or_default();
             members.services.insert(unit.to_string(), (service_version, proto.is_http(), host.clone()));
             if let Some(v) = vhosts.get(p) {
+                let again = removed.iter().position(|(rp, n)| rp == p && *n == v.name);
+                match again {
+                    Some(i) => drop(removed.swap_remove(i)),
+                    None => members.gathered = None,
+                }
                 members.vhosts.insert(v.name.clone(), Arc::new(v.clone()));
             }
+        }
+        for (p, _) in &removed {
+            self.ports.entry(*p).or_default().gathered = None;
         }
         for (k, messages) in warnings {
             self.warn(unit, k, messages, &known);
@@ -484,8 +500,16 @@ impl Translator {
         let mut tcp_clusters = Vec::new();
         let mut listener_inputs = Inputs::default();
         listener_inputs.scope(state, &scope::service_port(port));
-        let empty = PortMembers::default();
-        let members = self.ports.get(&port).unwrap_or(&empty);
+        let members = self.ports.entry(port).or_default();
+        let gathered = members
+            .gathered
+            .get_or_insert_with(|| {
+                let names: Vec<&str> = members.vhosts.keys().map(|n| &**n).collect();
+                let json = serde_json::to_string(&names).expect("names serialize");
+                Arc::from(serde_json::value::RawValue::from_string(json).expect("valid JSON"))
+            })
+            .clone();
+        let members = &self.ports[&port];
         for (version, http, host) in members.services.values() {
             listener_inputs.version = listener_inputs.version.max(*version);
             if !http {
@@ -498,7 +522,6 @@ impl Translator {
         for v in &vhosts {
             route_inputs.version = route_inputs.version.max(v.inputs.version);
         }
-        let names: Vec<Arc<str>> = vhosts.iter().map(|v| v.name.clone()).collect();
         let table = (!vhosts.is_empty()).then(|| route_table(&port.to_string(), &vhosts));
         let address = self.cfg.outbound_address.clone();
         let owner = format!("port {port}");
@@ -506,17 +529,12 @@ impl Translator {
         let listener_key = ResourceKey::new(ENVOY_GROUP, "Listener", "", &listener::outbound_name(&address, port));
         let route_key = ResourceKey::new(ENVOY_GROUP, "RouteConfiguration", "", &port.to_string());
         let mut wanted = Vec::new();
-        let derived = |key: &ResourceKey, spec, inputs, gathers: &[Arc<str>], encoded| Derived {
-            key: key.clone(),
-            spec,
-            inputs,
-            by_name: false,
-            gathers: gathers.to_vec(),
-            encoded,
+        let derived = |key: &ResourceKey, spec, inputs, gathers: Option<Arc<serde_json::value::RawValue>>, encoded| {
+            Derived { key: key.clone(), spec, inputs, by_name: false, gathers, encoded }
         };
         if let Some(table) = table {
             let spec = json!({ "name": port.to_string(), "validate_clusters": false });
-            wanted.push(derived(&route_key, spec, route_inputs, &names, Some(table)));
+            wanted.push(derived(&route_key, spec, route_inputs, Some(gathered), Some(table)));
             if !tcp_clusters.is_empty() {
                 let m = format!(
                     "port {port} has HTTP and TCP services; the TCP ones ({}) get no outbound listener",
@@ -524,14 +542,15 @@ impl Translator {
                 );
                 self.warn(&owner, listener_key.clone(), vec![m], &known);
             }
-            wanted.push(derived(&listener_key, listener::outbound_http(&address, port), listener_inputs, &[], None));
+            wanted.push(derived(&listener_key, listener::outbound_http(&address, port), listener_inputs, None, None));
         } else if let Some(first) = tcp_clusters.first() {
             if tcp_clusters.len() > 1 {
                 let m = format!("port {port} has several TCP services; its listener proxies to {first} only");
                 self.warn(&owner, listener_key.clone(), vec![m], &known);
             }
             let spec = listener::outbound_tcp(&address, port, first);
-            wanted.push(derived(&listener_key, spec, listener_inputs, &[Arc::from(first.as_str())], None));
+            let only = serde_json::value::to_raw_value(&[first]).expect("a name serializes");
+            wanted.push(derived(&listener_key, spec, listener_inputs, Some(Arc::from(only)), None));
         }
         let mut changed = Vec::new();
         let mut present = BTreeSet::new();
@@ -623,15 +642,11 @@ fn derived_body(d: &Derived) -> Body {
     struct Derived<'a> {
         api_version: &'static str,
         derived_from: Vec<String>,
-        #[serde(skip_serializing_if = "<[Arc<str>]>::is_empty")]
-        #[serde(serialize_with = "names")]
-        gathers: &'a [Arc<str>],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gathers: Option<&'a serde_json::value::RawValue>,
         kind: &'a str,
         metadata: Metadata<'a>,
         spec: &'a serde_json::Value,
-    }
-    fn names<S: serde::Serializer>(names: &&[Arc<str>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(names.iter().map(|n| &**n))
     }
     let mut annotations = BTreeMap::from([(DERIVED_ANNOTATION, "true")]);
     if d.by_name {
@@ -641,11 +656,11 @@ fn derived_body(d: &Derived) -> Body {
     // named here (each comes from its service's inputs), its routes shown
     // by the service's own `outbound|…` route table.
     let derived_from =
-        if d.gathers.is_empty() { d.inputs.read.iter().map(ToString::to_string).collect() } else { Vec::new() };
+        if d.gathers.is_none() { d.inputs.read.iter().map(ToString::to_string).collect() } else { Vec::new() };
     let body = Derived {
         api_version: "xds.keelson.dev/v1",
         derived_from,
-        gathers: &d.gathers,
+        gathers: d.gathers.as_deref(),
         kind: &d.key.kind,
         metadata: Metadata { annotations, name: &d.key.name },
         spec: &d.spec,

@@ -27,7 +27,7 @@ pub struct Derived {
     pub by_name: bool,
     /// For the per-port tables: the virtual hosts (or services) gathered,
     /// shown instead of every input key.
-    pub gathers: Vec<Arc<str>>,
+    pub gathers: Option<Arc<serde_json::value::RawValue>>,
     /// The message, already encoded (the per-port route table is built
     /// from its virtual hosts' bytes rather than transcoded whole).
     pub encoded: Option<bytes::Bytes>,
@@ -35,7 +35,7 @@ pub struct Derived {
 
 impl Derived {
     fn new(key: ResourceKey, spec: Value, inputs: Inputs) -> Self {
-        Derived { key, spec, inputs, by_name: false, gathers: Vec::new(), encoded: None }
+        Derived { key, spec, inputs, by_name: false, gathers: None, encoded: None }
     }
 }
 
@@ -263,7 +263,7 @@ pub fn build(
                 spec: cla,
                 inputs: svc.endpoint_inputs.clone(),
                 by_name: false,
-                gathers: Vec::new(),
+                gathers: None,
                 encoded: None,
             });
         }
@@ -340,7 +340,7 @@ pub fn build(
             spec: route_config,
             inputs: inputs.clone(),
             by_name: true,
-            gathers: Vec::new(),
+            gathers: None,
             encoded: None,
         });
         if !what.covers("Listener") {
@@ -353,7 +353,7 @@ pub fn build(
             spec: api,
             inputs: svc.service_inputs.clone(),
             by_name: true,
-            gathers: Vec::new(),
+            gathers: None,
             encoded: None,
         });
     }
