@@ -92,7 +92,8 @@ struct Unit {
     ports: Vec<(u32, model::Protocol)>,
     resources: BTreeMap<ResourceKey, Arc<ResourceEntry>>,
     vhosts: BTreeMap<u32, unit::VirtualHost>,
-    consulted: BTreeSet<ResourceKey>,
+    /// Every key it read (present or not), sorted: what `consumers` indexes.
+    consulted: Box<[ResourceKey]>,
     /// The version of the Services the unit read.
     service_version: u64,
 }
@@ -111,14 +112,12 @@ pub struct Translator {
     names: BTreeMap<String, BTreeMap<String, usize>>,
     units: BTreeMap<String, Unit>,
     /// Input key → units that read it.
-    consumers: HashMap<ResourceKey, BTreeSet<String>>,
+    consumers: HashMap<ResourceKey, BTreeSet<Arc<str>>>,
     /// What each port's listener and route table gather.
     ports: BTreeMap<u32, PortMembers>,
     aggregates: BTreeMap<ResourceKey, Arc<ResourceEntry>>,
     /// Current warnings, per unit (or port) that found them, per input object.
     warnings: BTreeMap<String, BTreeMap<ResourceKey, Vec<String>>>,
-    /// Every derived resource, whoever built it.
-    all: HashMap<ResourceKey, Arc<ResourceEntry>>,
 }
 
 impl Translator {
@@ -135,7 +134,6 @@ impl Translator {
             ports: BTreeMap::new(),
             aggregates: BTreeMap::new(),
             warnings: BTreeMap::new(),
-            all: HashMap::new(),
         }
     }
 
@@ -145,13 +143,23 @@ impl Translator {
 
     /// Every derived resource, in key order.
     pub fn derived(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<ResourceEntry>)> {
-        let mut all: Vec<_> = self.all.iter().collect();
+        let mut all: Vec<_> = self.units.values().flat_map(|u| u.resources.iter()).chain(&self.aggregates).collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         all.into_iter()
     }
 
+    /// One derived resource. Its name says which unit built it (istiod's
+    /// names carry the host), so no index of every derived key is kept.
     pub fn get(&self, key: &ResourceKey) -> Option<&Arc<ResourceEntry>> {
-        self.all.get(key)
+        if let Some(e) = self.aggregates.get(key) {
+            return Some(e);
+        }
+        let host = match key.kind.as_str() {
+            "Listener" => key.name.rsplit_once(':')?.0,
+            _ => key.name.strip_prefix("outbound|")?.splitn(3, '|').nth(2)?,
+        };
+        let (name, namespace) = host.strip_suffix(&format!(".svc.{}", self.cfg.domain_suffix))?.split_once('.')?;
+        self.units.get(&format!("{namespace}/{name}"))?.resources.get(key)
     }
 
     /// Current warnings, per input object.
@@ -186,7 +194,7 @@ impl Translator {
         let mut dirty = Dirty::new();
         for key in changed.iter().filter(|k| is_input(k)) {
             for u in self.consumers.get(key).into_iter().flatten() {
-                mark(&mut dirty, u.clone(), extent(key, u));
+                mark(&mut dirty, u.to_string(), extent(key, u));
             }
             self.reindex(state, key, &mut dirty);
         }
@@ -337,9 +345,6 @@ impl Translator {
             old.map(|u| (u.resources, u.vhosts, u.ports, u.consulted)).unwrap_or_default();
         let mut changed = Vec::new();
         let Some(built) = built else {
-            for k in old_resources.keys() {
-                self.all.remove(k);
-            }
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
             for (p, _) in &removed {
@@ -355,7 +360,7 @@ impl Translator {
             if !what.covers("RouteConfiguration") {
                 vhosts = old_vhosts.clone();
             }
-            consulted.extend(old_consulted);
+            consulted.extend(old_consulted.into_vec());
             for (k, m) in &known {
                 let kept = (k.kind == "DestinationRule" && !what.covers("Cluster"))
                     || (k.kind == "VirtualService" && !what.covers("RouteConfiguration"));
@@ -382,19 +387,16 @@ impl Translator {
             entries.insert(k.clone(), e.clone());
         }
         for k in old_resources.keys().filter(|k| !entries.contains_key(*k)) {
-            self.all.remove(k);
             changed.push(k.clone());
-        }
-        for (k, e) in &entries {
-            self.all.insert(k.clone(), e.clone());
         }
         // The port tables gather virtual hosts and read the Services on
         // them: rebuilt when either moved, not for an endpoint change.
         if old_ports != new_ports || old_vhosts != vhosts || old_service_version != Some(service_version) {
             ports.extend(old_ports.iter().chain(new_ports.iter()).map(|(p, _)| *p));
         }
+        let unit_id: Arc<str> = Arc::from(unit);
         for k in &consulted {
-            self.consumers.entry(k.clone()).or_default().insert(unit.to_string());
+            self.consumers.entry(k.clone()).or_default().insert(unit_id.clone());
         }
         let host = model::kube_host(namespace, name, &self.cfg.domain_suffix);
         for (p, proto) in &new_ports {
@@ -417,7 +419,13 @@ impl Translator {
         }
         self.units.insert(
             unit.to_string(),
-            Unit { ports: new_ports, resources: entries, vhosts, consulted, service_version },
+            Unit {
+                ports: new_ports,
+                resources: entries,
+                vhosts,
+                consulted: consulted.into_iter().collect(),
+                service_version,
+            },
         );
         changed
     }
@@ -520,7 +528,7 @@ impl Translator {
         let vhosts: Vec<&unit::VirtualHost> = members.vhosts.values().map(|v| &**v).collect();
         let mut route_inputs = listener_inputs.clone();
         for v in &vhosts {
-            route_inputs.version = route_inputs.version.max(v.inputs.version);
+            route_inputs.version = route_inputs.version.max(v.version);
         }
         let table = (!vhosts.is_empty()).then(|| route_table(&port.to_string(), &vhosts));
         let address = self.cfg.outbound_address.clone();
@@ -563,12 +571,10 @@ impl Translator {
                     if prev.as_ref().is_none_or(|p| !Arc::ptr_eq(p, &e)) {
                         changed.push(k.clone());
                     }
-                    self.all.insert(k.clone(), e.clone());
                     self.aggregates.insert(k, e);
                 }
                 None => {
                     if self.aggregates.remove(&k).is_some() {
-                        self.all.remove(&k);
                         changed.push(k);
                     }
                 }
@@ -576,7 +582,6 @@ impl Translator {
         }
         for k in [listener_key, route_key] {
             if !present.contains(&k) && self.aggregates.remove(&k).is_some() {
-                self.all.remove(&k);
                 changed.push(k);
             }
         }

@@ -45,7 +45,8 @@ pub struct VirtualHost {
     pub name: Arc<str>,
     /// `envoy.config.route.v3.VirtualHost`, encoded once per change.
     pub encoded: bytes::Bytes,
-    pub inputs: Inputs,
+    /// Its inputs' version (the keys are the unit's route table's).
+    pub version: u64,
 }
 
 pub struct Built {
@@ -327,7 +328,8 @@ pub fn build(
         let vhost = json!({ "name": vhost_name, "domains": domains(&svc, p, l.namespaces_with_name <= 1), "routes": sidecar_routes });
         match crate::transcode::encode_json("envoy.config.route.v3.VirtualHost", &vhost) {
             Ok(encoded) => {
-                vhosts.insert(p, VirtualHost { name: Arc::from(vhost_name.as_str()), encoded, inputs: inputs.clone() });
+                vhosts
+                    .insert(p, VirtualHost { name: Arc::from(vhost_name.as_str()), encoded, version: inputs.version });
             }
             Err(e) => route_warn
                 .messages
@@ -372,9 +374,6 @@ pub fn build(
     for d in &out {
         consulted.extend(d.inputs.read.iter().cloned());
         consulted.extend(d.inputs.missing.iter().cloned());
-    }
-    for v in vhosts.values() {
-        consulted.extend(v.inputs.read.iter().cloned());
     }
     Some(Built {
         service_version: svc.service_inputs.version,
