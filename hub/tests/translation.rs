@@ -344,3 +344,33 @@ fn endpoints_of_every_cluster_merge_by_host_with_their_locality_and_health() {
     assert_eq!(groups[1]["lb_endpoints"][0]["health_status"], "DRAINING", "serving + terminating drains");
     assert_eq!(groups[0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 8001);
 }
+
+#[test]
+fn a_route_with_a_regex_envoy_would_refuse_is_dropped_alone_and_named() {
+    let mut run = Run::new();
+    run.apply(service("reviews", &[("http", 9080)]));
+    run.apply(service("ratings", &[("http", 9080)]));
+    run.apply(object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "hosts": ["reviews"], "http": [
+            { "match": [{ "uri": { "regex": "/api/(v1" } }], "route": [{ "destination": { "host": "reviews" } }] },
+            { "match": [{ "headers": { "x-canary": {} } }], "route": [{ "destination": { "host": "reviews" } }] },
+            { "match": [{ "uri": { "regex": "/api/v[0-9]+/.*" } }], "route": [{ "destination": { "host": "reviews" } }] } ] } })));
+    let warnings = run.served.translator().unwrap().warnings();
+    let vs = ResourceKey::new("networking.istio.io", "VirtualService", "default", "reviews");
+    assert!(
+        warnings[&vs].iter().any(|w| w.contains("spec.http[0].match[0].uri.regex") && w.contains("not a valid RE2")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[&vs].iter().any(|w| w.contains("spec.http[1].match[0].headers.x-canary needs exact, prefix or regex")),
+        "{warnings:?}"
+    );
+    // Only the valid route is left: neither bad one widened to a catch-all.
+    let grpc =
+        run.served.resources()[&derived("RouteConfiguration", &format!("outbound|9080||{HOST}"))].body.to_value();
+    let routes = grpc["spec"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["match"]["safe_regex"]["regex"], "/api/v[0-9]+/.*");
+    // The port's table still serves both services.
+    assert!(run.served.resources()[&derived("RouteConfiguration", "9080")].encoded.is_some());
+}

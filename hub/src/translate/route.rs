@@ -79,7 +79,10 @@ fn http_route(http: &Value, path: &str, cx: &Context<'_>, warn: &mut Warn) -> Ve
         if let Some(name) = http.get("name") {
             r.insert("name".into(), name.clone());
         }
-        r.insert("match".into(), route_match(m, &format!("{path}.match[{j}]"), warn));
+        // A match that cannot be read drops its route: ignoring one of its
+        // conditions would widen it to traffic it was not meant for.
+        let Some(matcher) = route_match(m, &format!("{path}.match[{j}]"), warn) else { continue };
+        r.insert("match".into(), matcher);
         let mut r = Value::Object(r);
         if !action(http, &mut r, path, cx, warn) {
             continue;
@@ -90,15 +93,29 @@ fn http_route(http: &Value, path: &str, cx: &Context<'_>, warn: &mut Warn) -> Ve
     out
 }
 
+/// An Istio StringMatch as Envoy's; `None` (with a warning) when it cannot
+/// be served: no known form, or a regex Envoy's RE2 would refuse (checked
+/// with the `regex` crate, whose syntax is RE2's; a refused regex NACKs the
+/// whole route table, every service on the port).
 fn string_match(v: &Value, path: &str, warn: &mut Warn) -> Option<Value> {
     if let Some(s) = v.get("exact") {
         Some(json!({ "exact": s }))
     } else if let Some(s) = v.get("prefix") {
         Some(json!({ "prefix": s }))
     } else if let Some(s) = v.get("regex") {
-        Some(json!({ "safe_regex": { "regex": s } }))
+        let text = s.as_str().unwrap_or_default();
+        match regex::Regex::new(text) {
+            Ok(_) => Some(json!({ "safe_regex": { "regex": s } })),
+            Err(e) => {
+                let e = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                warn.messages.push(format!(
+                    "{path}.regex {s} is not a valid RE2 regular expression ({e}); its route is not served"
+                ));
+                None
+            }
+        }
     } else {
-        warn.messages.push(format!("{path} needs exact, prefix or regex; it is ignored"));
+        warn.messages.push(format!("{path} needs exact, prefix or regex; its route is not served"));
         None
     }
 }
@@ -106,13 +123,17 @@ fn string_match(v: &Value, path: &str, warn: &mut Warn) -> Option<Value> {
 const MATCH_FIELDS: &[&str] =
     &["name", "uri", "method", "headers", "queryParams", "port", "ignoreUriCase", "withoutHeaders", "gateways"];
 
-fn route_match(m: Option<&Value>, path: &str, warn: &mut Warn) -> Value {
+fn route_match(m: Option<&Value>, path: &str, warn: &mut Warn) -> Option<Value> {
     let mut out = Map::new();
     let Some(m) = m else {
-        return json!({ "prefix": "/" });
+        return Some(json!({ "prefix": "/" }));
     };
     warn.unknown_fields(m, path, MATCH_FIELDS);
-    match m.get("uri").and_then(|u| string_match(u, &format!("{path}.uri"), warn)) {
+    let uri = match m.get("uri") {
+        Some(u) => Some(string_match(u, &format!("{path}.uri"), warn)?),
+        None => None,
+    };
+    match uri {
         Some(u) if u.get("exact").is_some() => out.insert("path".into(), u["exact"].clone()),
         Some(u) if u.get("prefix").is_some() => out.insert("prefix".into(), u["prefix"].clone()),
         Some(u) => out.insert("safe_regex".into(), u["safe_regex"].clone()),
@@ -123,14 +144,14 @@ fn route_match(m: Option<&Value>, path: &str, warn: &mut Warn) -> Value {
     }
     let mut headers = Vec::new();
     for (name, v) in m.get("headers").and_then(Value::as_object).into_iter().flatten() {
-        if let Some(sm) = string_match(v, &format!("{path}.headers.{name}"), warn) {
-            headers.push(json!({ "name": name, "string_match": sm }));
-        }
+        let sm = string_match(v, &format!("{path}.headers.{name}"), warn)?;
+        headers.push(json!({ "name": name, "string_match": sm }));
     }
     for (name, _) in m.get("withoutHeaders").and_then(Value::as_object).into_iter().flatten() {
         headers.push(json!({ "name": name, "present_match": true, "invert_match": true }));
     }
-    if let Some(method) = m.get("method").and_then(|v| string_match(v, &format!("{path}.method"), warn)) {
+    if let Some(method) = m.get("method") {
+        let method = string_match(method, &format!("{path}.method"), warn)?;
         headers.push(json!({ "name": ":method", "string_match": method }));
     }
     if !headers.is_empty() {
@@ -138,14 +159,13 @@ fn route_match(m: Option<&Value>, path: &str, warn: &mut Warn) -> Value {
     }
     let mut params = Vec::new();
     for (name, v) in m.get("queryParams").and_then(Value::as_object).into_iter().flatten() {
-        if let Some(sm) = string_match(v, &format!("{path}.queryParams.{name}"), warn) {
-            params.push(json!({ "name": name, "string_match": sm }));
-        }
+        let sm = string_match(v, &format!("{path}.queryParams.{name}"), warn)?;
+        params.push(json!({ "name": name, "string_match": sm }));
     }
     if !params.is_empty() {
         out.insert("query_parameters".into(), Value::Array(params));
     }
-    Value::Object(out)
+    Some(Value::Object(out))
 }
 
 /// The cluster a `destination` names, from a route of this port.
