@@ -155,7 +155,38 @@ async fn missing_names_are_remembered_and_pushed_when_they_appear() {
     s.ack(&r, &["a", "later"]);
     cfg.upsert(endpoints("later", 7));
     cfg.publish();
-    assert_eq!(names(&s.recv().await), ["a", "later"]);
+    // EDS is not full-state: the push holds what changed since the ACK,
+    // and the client keeps `a` (istiod's incremental EDS).
+    assert_eq!(names(&s.recv().await), ["later"]);
+}
+
+#[tokio::test]
+async fn partial_eds_answers_hold_everything_changed_since_the_last_ack() {
+    let (mut cfg, rx) = quickstart_rx();
+    cfg.upsert(endpoints("b", 2));
+    cfg.publish();
+    let (server, _, _) = server(rx, XdsConfig::default());
+    let mut s = Sotw::open(&server, node("p", "c"));
+    s.request(EDS, &["a", "b"], "", "");
+    let first = s.recv().await;
+    assert_eq!(names(&first), ["a", "b"], "the first answer is whole");
+    s.ack(&first, &["a", "b"]);
+    cfg.upsert(endpoints("a", 3));
+    cfg.publish();
+    let second = s.recv().await;
+    assert_eq!(names(&second), ["a"]);
+    s.nack(&second, &["a", "b"], &first.version_info, "rejected");
+    cfg.upsert(endpoints("b", 4));
+    cfg.publish();
+    // Since the last ACK both changed: the rejected `a` comes again with `b`.
+    let third = s.recv().await;
+    assert_eq!(names(&third), ["a", "b"]);
+    s.ack(&third, &["a", "b"]);
+    // A subscription change is answered whole.
+    s.request(EDS, &["a"], &third.version_info, &third.nonce);
+    s.silent(QUIET).await;
+    s.request(EDS, &["a", "b", "c"], &third.version_info, &third.nonce);
+    assert_eq!(names(&s.recv().await), ["a", "b"]);
 }
 
 #[tokio::test]

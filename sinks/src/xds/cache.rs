@@ -32,6 +32,11 @@ pub struct BodyKey {
     /// Make-before-break: also hold the items the client last got (from the
     /// kind at this version) that the new state removes.
     pub retain_from: Option<u64>,
+    /// Only the items changed after this kind version (what the client
+    /// ACKed): SotW answers of types that are not full-state (EDS, RDS,
+    /// SDS) may hold a subset, and the client keeps the rest (PROTOCOL.md
+    /// §1). istiod's incremental EDS.
+    pub changed_after: Option<u64>,
     /// The legacy MCP message the body is laid out as; None = an xDS
     /// `DiscoveryResponse`. One collection name can be asked on two legacy
     /// services, whose bodies differ.

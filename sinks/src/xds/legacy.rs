@@ -234,6 +234,7 @@ impl<R> LegacyMachine<R> {
                     subset: None,
                     wrap_ttl: false,
                     retain_from: None,
+                    changed_after: None,
                     wire: Some(flavor.message),
                 };
                 let body = shared.cache.sotw_body(&key, || match &selected {

@@ -44,6 +44,9 @@ struct TypeState {
     force: bool,
     /// A make-before-break push went out; the final state is owed.
     removal_owed: bool,
+    /// The kind version of the last response the proxy ACKed, while its
+    /// subscription has not changed since: the base of partial answers.
+    acked: Option<u64>,
 }
 
 impl TypeState {
@@ -61,6 +64,7 @@ impl TypeState {
             pending: true,
             force: false,
             removal_owed: false,
+            acked: None,
         }
     }
 
@@ -85,6 +89,10 @@ impl TypeState {
         let wildcard = resource_names.iter().any(|n| n == "*") || (resource_names.is_empty() && !self.ever_named);
         let added = named.difference(&self.names).next().is_some();
         let changed = wildcard != self.wildcard || named != *self.names;
+        if changed {
+            // What the proxy holds no longer matches a subscription: whole answers until it ACKs one.
+            self.acked = None;
+        }
         // New names must be answered even if their resources are unchanged.
         self.force |= added;
         self.wildcard = wildcard;
@@ -105,7 +113,7 @@ impl SotwMachine {
         SotwMachine { session, types: BTreeMap::new() }
     }
 
-    fn key(&self, t: &TypeState, version: u64, retain_from: Option<u64>) -> BodyKey {
+    fn key(&self, t: &TypeState, version: u64, retain_from: Option<u64>, changed_after: Option<u64>) -> BodyKey {
         let mcp = t.served.is_some_and(|s| s.form.is_mcp());
         BodyKey {
             type_url: t.type_url.clone(),
@@ -115,6 +123,7 @@ impl SotwMachine {
             subset: t.subset,
             wrap_ttl: self.session.wants_ttl(),
             retain_from,
+            changed_after,
             wire: None,
         }
     }
@@ -123,18 +132,27 @@ impl SotwMachine {
     fn body(&self, shared: &Shared, snap: &Arc<Snapshot>, t: &TypeState, retain: Option<&Sent>) -> Arc<SotwBody> {
         let Some(served) = t.served else {
             // An unknown type is answered, empty: clients wait on an answer.
-            let key = self.key(t, 0, None);
+            let key = self.key(t, 0, None, None);
             return shared.cache.sotw_body(&key, || build_sotw(&key, &[], &[]));
         };
         if served.form == ItemForm::MeshConfig {
-            let key = self.key(t, shared.mesh_config.version, None);
+            let key = self.key(t, shared.mesh_config.version, None, None);
             return shared.cache.sotw_body(&key, || build_mesh_config(&key, &shared.mesh_config.any));
         }
         let version = snap.kind_version(served.group, served.kind);
-        let key = self.key(t, version, retain.map(|s| s.body.version));
+        // Partial only when nothing forces a whole answer: a subscription
+        // the proxy has ACKed, no new names, no refresh owed (Envoy warms a
+        // cluster until it gets its endpoints again after CDS).
+        let changed_after = t.acked.filter(|_| !served.full_state && !t.force && retain.is_none());
+        let key = self.key(t, version, retain.map(|s| s.body.version), changed_after);
         let audience = Audience { group: self.session.group(), revision: key.revision.as_deref() };
         shared.cache.sotw_body(&key, || {
-            let items = select(snap, served, audience, t.names());
+            let mut items = select(snap, served, audience, t.names());
+            if let Some(after) = changed_after {
+                // A resource's version is the seq that last changed it (for a
+                // derived one, the largest of its inputs'), so newer = changed.
+                items.retain(|(_, e)| e.version > after);
+            }
             let extra = match retain {
                 None => Vec::new(),
                 Some(prev) => {
@@ -200,7 +218,10 @@ impl Machine for SotwMachine {
                     t.nacked = Some(fingerprint);
                     self.session.nacked(shared, &req.type_url, version, nonce, &err.message);
                 }
-                None => self.session.acked(shared, &req.type_url, version, nonce, published),
+                None => {
+                    t.acked = Some(version);
+                    self.session.acked(shared, &req.type_url, version, nonce, published)
+                }
             }
         }
         let t = self.types.get_mut(&req.type_url).expect("inserted above");
@@ -249,8 +270,11 @@ impl Machine for SotwMachine {
             let others_pending = self.types.values().any(|o| o.pending && o.order() > t.order());
             let retain = !final_push && others_pending && self.removes_names(shared, snap, t);
             let body = self.body(shared, snap, t, if retain { t.last.as_ref() } else { None });
+            let partial = t.acked.is_some() && !t.force && t.served.is_some_and(|s| !s.full_state);
             let send = match &t.last {
                 None => true, // the first request of a type is answered at once, even if empty
+                // A partial answer with nothing in it changes nothing the proxy holds.
+                Some(_) if partial && body.names.is_empty() => false,
                 Some(last) => {
                     t.force || (body.fingerprint != last.body.fingerprint && Some(body.fingerprint) != t.nacked)
                 }
