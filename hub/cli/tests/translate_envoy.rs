@@ -15,7 +15,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -40,69 +39,11 @@ impl Envoy {
     /// `hub` (`127.0.0.1:PORT`), one worker thread (the machine is small),
     /// its admin endpoint up.
     fn start(dir: &Path, hub: &str, api_type: &str) -> Envoy {
-        let (host, port) = hub.rsplit_once(':').unwrap();
-        // initial_fetch_timeout 0s: Envoy stays un-ready until CDS and LDS
-        // really arrive instead of going LIVE without config after 15 s.
-        let bootstrap = format!(
-            r#"node: {{id: "{NODE}", cluster: test}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: keelson}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
-  lds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
-static_resources:
-  clusters:
-  - name: keelson
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: keelson
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}
-"#
-        );
-        let boot = dir.join("envoy.yaml");
-        std::fs::write(&boot, bootstrap).unwrap();
-        let addr_file = dir.join("envoy.admin");
-        // Unique shared-memory names for parallel Envoys (hot restart is off anyway).
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let base_id = (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        let args = [
-            "-c",
-            boot.to_str().unwrap(),
-            "--base-id",
-            &base_id.to_string(),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            // A removed listener drains (and keeps its route configuration)
-            // for drain-time-s, 600 s by default: 1 s lets a test see it go.
-            "--drain-time-s",
-            "1",
-            "--admin-address-path",
-            addr_file.to_str().unwrap(),
-            "-l",
-            "warn",
-        ];
-        let proc = Proc::start("envoy", PROC_SECS, &envoy_bin(), &args, &[]);
-        let admin = poll("Envoy to write its admin address", WAIT, &String::new, |last| {
-            if let Some(st) = proc.try_status() {
-                panic!("Envoy exited ({st}) during startup\n{}", proc.output());
-            }
-            let a = std::fs::read_to_string(&addr_file).unwrap_or_default();
-            *last = a.clone();
-            let a = a.trim();
-            (!a.is_empty() && try_http(a, "/ready").is_ok()).then(|| a.to_string())
-        });
+        // One worker thread (the machine is small). A removed listener
+        // drains (and keeps its route configuration) for drain-time-s,
+        // 600 s by default: 1 s lets a test see it go.
+        let extra = ["--concurrency", "1", "--drain-time-s", "1"];
+        let (proc, admin) = start_envoy(dir, hub, NODE, api_type, &extra);
         Envoy { proc, admin }
     }
 

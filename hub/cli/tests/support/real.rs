@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Serve, test_dep, workspace_root};
+use super::{Proc, Serve, test_dep, try_http, workspace_root};
 
 /// How long a client or proxy process may live at most (its `timeout`).
 pub const PROC_SECS: u64 = 180;
@@ -94,4 +94,67 @@ pub fn serve_log(serve: &Serve) -> String {
 
 pub fn syncz(serve: &Serve) -> Value {
     serve.get("/debug/syncz").1
+}
+
+/// Starts Envoy with an ADS bootstrap (`api_type` GRPC or DELTA_GRPC) for
+/// node `node` (cluster "test") against `hub` (`127.0.0.1:PORT`), with
+/// `extra` command-line arguments, and waits until its admin endpoint
+/// answers; (the process, its admin address).
+pub fn start_envoy(dir: &Path, hub: &str, node: &str, api_type: &str, extra: &[&str]) -> (Proc, String) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let (host, port) = hub.rsplit_once(':').unwrap();
+    // initial_fetch_timeout 0s: Envoy stays un-ready until CDS and LDS
+    // really arrive, so /ready = LIVE proves delivery (the default 15 s
+    // would let it go LIVE without any config).
+    let bootstrap = format!(
+        r#"node: {{id: "{node}", cluster: test}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: keelson}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
+  lds_config: {{ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s}}
+static_resources:
+  clusters:
+  - name: keelson
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: keelson
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}
+"#
+    );
+    let file_name: String = node.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let boot = dir.join(format!("envoy-{file_name}.yaml"));
+    std::fs::write(&boot, bootstrap).unwrap();
+    let addr_file = dir.join(format!("envoy-{file_name}.admin"));
+    // --base-id only matters for hot restart (disabled); unique anyway so
+    // parallel Envoys never share a shared-memory name.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base_id = (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+    let base_id = base_id.to_string();
+    let mut args =
+        vec!["-c", boot.to_str().unwrap(), "--base-id", &base_id, "--disable-hot-restart", "--admin-address-path"];
+    args.extend([addr_file.to_str().unwrap(), "-l", "warn"]);
+    args.extend_from_slice(extra);
+    let proc = Proc::start(&format!("envoy {node}"), PROC_SECS, &envoy_bin(), &args, &[]);
+    let admin = poll("Envoy to write its admin address", WAIT, &String::new, |last| {
+        if let Some(st) = proc.try_status() {
+            panic!("Envoy exited ({st}) during startup\n{}", proc.output());
+        }
+        let a = std::fs::read_to_string(&addr_file).unwrap_or_default();
+        *last = a.clone();
+        let a = a.trim();
+        (!a.is_empty() && try_http(a, "/ready").is_ok()).then(|| a.to_string())
+    });
+    (proc, admin)
 }
