@@ -19,8 +19,17 @@ fn serve_quickstart() -> (tempfile::TempDir, std::path::PathBuf, std::path::Path
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart(dir.path());
     let data = dir.path().join("data");
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let s = serve_untranslated(dir.path(), &data, &config);
     (dir, config, data, s)
+}
+
+/// These tests count what the file source wrote, so they turn translation
+/// off: the quickstart's Service would otherwise add derived resources.
+/// What translation serves is the last test's subject.
+fn serve_untranslated(dir: &Path, data: &Path, source: &Path) -> Serve {
+    let cfg = dir.join("untranslated.toml");
+    std::fs::write(&cfg, format!("sources = [\"file:{}\"]\n[translate]\nenabled = false\n", source.display())).unwrap();
+    Serve::start(data, &["--config", cfg.to_str().unwrap()])
 }
 
 fn ready(s: &Serve) -> serde_json::Value {
@@ -156,7 +165,7 @@ fn sigkill_then_restart_without_the_directory_serves_the_same_version_at_once() 
 
 #[test]
 fn state_at_reproduces_an_earlier_snapshot_byte_for_byte() {
-    let (_dir, config, data, s) = serve_quickstart();
+    let (dir, config, data, s) = serve_quickstart();
     ready(&s);
     let earlier = snapshot(&s);
     let v1 = earlier["version"].as_u64().unwrap();
@@ -170,8 +179,19 @@ fn state_at_reproduces_an_earlier_snapshot_byte_for_byte() {
     let live: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
     assert_eq!(live["resources"], earlier["resources"]);
     s.sigterm();
-    // ...and from the data dir in another process, after the hub stopped.
-    let out = keelson(&["state", "--data-dir", data.to_str().unwrap(), "--at", &v1.to_string(), "--json"]);
+    // ...and from the data dir in another process, after the hub stopped,
+    // translating (here: not) as the hub's config says.
+    let hub_config = dir.path().join("untranslated.toml");
+    let out = keelson(&[
+        "state",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--config",
+        hub_config.to_str().unwrap(),
+        "--at",
+        &v1.to_string(),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(state["version"].as_u64(), Some(v1));
@@ -224,7 +244,7 @@ fn a_file_deleted_while_the_hub_was_down_is_deleted_on_resync() {
     ready(&s);
     s.sigterm();
     std::fs::remove_file(config.join("ingress.yaml")).unwrap();
-    let s = Serve::start(&data, &["--source", &format!("file:{}", config.display())]);
+    let s = serve_untranslated(dir.path(), &data, &config);
     let snap =
         s.wait_for("/debug/snapshot", "the reconcile", |_, v| v["counts"].get("xds.keelson.dev/Listener").is_none());
     assert!(snap["counts"].get("xds.keelson.dev/RouteConfiguration").is_none());
