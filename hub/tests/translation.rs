@@ -94,6 +94,46 @@ fn delete(group: &str, kind: &str, name: &str) -> Op {
     }
 }
 
+const PAY: &str = "payments.example.com";
+
+/// A ServiceEntry `name` in `default` declaring `hosts` on port 80 (HTTP).
+fn entry(name: &str, hosts: &[&str], resolution: &str, rest: Value) -> Op {
+    let mut spec = json!({ "hosts": hosts, "resolution": resolution,
+        "ports": [{ "number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8080 }] });
+    spec.as_object_mut().unwrap().extend(rest.as_object().unwrap().clone());
+    object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": { "name": name, "namespace": "default" }, "spec": spec }))
+}
+
+fn workload(name: &str, address: &str, labels: Value, weight: u32) -> Op {
+    object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "address": address, "labels": labels, "locality": "r1/z1", "weight": weight, "ports": { "http": 9000 } } }))
+}
+
+fn pay_rule() -> Op {
+    object(
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": { "name": "pay", "namespace": "default" },
+        "spec": { "host": PAY, "subsets": [{ "name": "v1", "labels": { "version": "v1" } }, { "name": "v2", "labels": { "version": "v2" } }] } }),
+    )
+}
+
+fn pay_routes() -> Op {
+    object(
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": { "name": "pay", "namespace": "default" },
+        "spec": { "hosts": [PAY], "http": [{ "route": [{ "destination": { "host": PAY, "subset": "v2" } }] }] } }),
+    )
+}
+
+fn selecting_entry() -> Op {
+    entry(
+        "payments",
+        &[PAY, "*.wild.example.com", HOST],
+        "STATIC",
+        json!({ "workloadSelector": { "labels": { "app": "pay" } } }),
+    )
+}
+
 fn derived(kind: &str, name: &str) -> ResourceKey {
     ResourceKey::new("xds.keelson.dev", kind, "", name)
 }
@@ -158,6 +198,29 @@ fn script() -> Vec<Op> {
         delete("", "Service", "ratings"),
         delete("", "Service", "reviews"),
         in_cluster("east", delete("", "Service", "reviews")),
+        // ServiceEntries and WorkloadEntries: a registry like the Kubernetes one.
+        workload("pay-1", "10.0.0.1", json!({ "app": "pay", "version": "v1" }), 1),
+        selecting_entry(),
+        entry("api", &["api.example.com"], "DNS", json!({ "endpoints": [{ "address": "localhost" }] })),
+        workload("pay-2", "10.0.0.2", json!({ "app": "pay", "version": "v2" }), 3),
+        pay_rule(),
+        pay_routes(),
+        workload("pay-1", "10.0.0.1", json!({ "app": "other" }), 1),
+        delete("networking.istio.io", "WorkloadEntry", "pay-2"),
+        entry(
+            "payments-b",
+            &[PAY],
+            "STATIC",
+            json!({ "endpoints": [{ "address": "10.0.1.1", "labels": { "version": "v1" } }] }),
+        ),
+        entry("payments", &[PAY], "STATIC", json!({ "endpoints": [{ "address": "10.0.0.9" }] })),
+        delete("networking.istio.io", "ServiceEntry", "payments"),
+        entry("api", &["api.example.com"], "NONE", json!({})),
+        delete("networking.istio.io", "DestinationRule", "pay"),
+        delete("networking.istio.io", "ServiceEntry", "payments-b"),
+        delete("networking.istio.io", "VirtualService", "pay"),
+        delete("networking.istio.io", "ServiceEntry", "api"),
+        delete("networking.istio.io", "WorkloadEntry", "pay-1"),
     ]
 }
 
@@ -373,4 +436,86 @@ fn a_route_with_a_regex_envoy_would_refuse_is_dropped_alone_and_named() {
     assert_eq!(routes[0]["match"]["safe_regex"]["regex"], "/api/v[0-9]+/.*");
     // The port's table still serves both services.
     assert!(run.served.resources()[&derived("RouteConfiguration", "9080")].encoded.is_some());
+}
+
+#[test]
+fn service_entries_are_a_registry_with_istiod_names_and_resolutions() {
+    let mut run = Run::new();
+    run.apply(workload("pay-1", "10.0.0.1", json!({ "app": "pay", "version": "v1" }), 1));
+    run.apply(workload("pay-2", "10.0.0.2", json!({ "app": "pay", "version": "v2" }), 3));
+    run.apply(workload("db", "10.0.0.3", json!({ "app": "db" }), 1));
+    run.apply(selecting_entry());
+    run.apply(pay_rule());
+    run.apply(entry(
+        "api",
+        &["api.example.com"],
+        "DNS",
+        json!({ "endpoints": [{ "address": "localhost", "ports": { "http": 8443 } }] }),
+    ));
+    run.apply(entry("egress", &["any.example.com"], "NONE", json!({})));
+    let r = run.served.resources();
+    // STATIC + workloadSelector: EDS, the selected WorkloadEntries as endpoints
+    // with their weight, locality (region/zone/subzone) and port by name.
+    let cla = r[&derived("ClusterLoadAssignment", &format!("outbound|80||{PAY}"))].body.to_value();
+    let group = &cla["spec"]["endpoints"][0];
+    assert_eq!(group["locality"], json!({ "region": "r1", "zone": "z1", "sub_zone": "" }), "{cla}");
+    assert_eq!(group["load_balancing_weight"], 4, "the locality weighs its endpoints' weights: {cla}");
+    let eps: Vec<(String, u64, u64)> = group["lb_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let a = &e["endpoint"]["address"]["socket_address"];
+            (
+                a["address"].as_str().unwrap().to_string(),
+                a["port_value"].as_u64().unwrap(),
+                e["load_balancing_weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(eps, [("10.0.0.1".into(), 9000, 1), ("10.0.0.2".into(), 9000, 3)], "db is not selected");
+    let v2 = r[&derived("ClusterLoadAssignment", &format!("outbound|80|v2|{PAY}"))].body.to_value();
+    assert_eq!(v2["spec"]["endpoints"][0]["lb_endpoints"].as_array().unwrap().len(), 1, "subsets select by label");
+    assert_eq!(r[&derived("Cluster", &format!("outbound|80||{PAY}"))].body.to_value()["spec"]["type"], "EDS");
+    // DNS: the proxy resolves; endpoints are inline, there is no EDS resource.
+    let api = r[&derived("Cluster", "outbound|80||api.example.com")].body.to_value();
+    assert_eq!(api["spec"]["type"], "STRICT_DNS");
+    let addr =
+        &api["spec"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!((addr["address"].as_str(), addr["port_value"].as_u64()), (Some("localhost"), Some(8443)));
+    assert!(!r.contains_key(&derived("ClusterLoadAssignment", "outbound|80||api.example.com")));
+    // NONE: forward to the address dialled.
+    let any = r[&derived("Cluster", "outbound|80||any.example.com")].body.to_value();
+    assert_eq!(
+        (any["spec"]["type"].as_str(), any["spec"]["lb_policy"].as_str()),
+        (Some("ORIGINAL_DST"), Some("CLUSTER_PROVIDED"))
+    );
+    // Listeners and routes like a Kubernetes service's, answering only to the host.
+    assert!(r[&derived("Listener", &format!("{PAY}:80"))].serving.by_name);
+    let any_route = r[&derived("RouteConfiguration", "80")].encoded.clone().unwrap();
+    let any_route = <prost_types::Any as prost::Message>::decode(any_route).unwrap();
+    let table =
+        keelson_hub::transcode::decode_to_json("envoy.config.route.v3.RouteConfiguration", &any_route.value).unwrap();
+    let pay = table["virtual_hosts"].as_array().unwrap().iter().find(|v| v["name"] == format!("{PAY}:80")).unwrap();
+    assert_eq!(pay["domains"], json!([PAY, format!("{PAY}:80")]));
+    // Hosts translation cannot own are refused by name, the rest served.
+    let warnings = run.served.translator().unwrap().warnings();
+    let se = ResourceKey::new("networking.istio.io", "ServiceEntry", "default", "payments");
+    assert!(warnings[&se].iter().any(|w| w.contains("wildcard host *.wild.example.com")), "{warnings:?}");
+    assert!(
+        warnings[&se].iter().any(|w| w.contains(&format!("host {HOST} is a Kubernetes service's"))),
+        "{warnings:?}"
+    );
+    assert!(!r.keys().any(|k| k.name.ends_with("wild.example.com")));
+
+    // A WorkloadEntry change is an endpoint change: it rebuilds the
+    // entry's endpoints and nothing else.
+    let changed = run.apply(workload("pay-2", "10.0.0.2", json!({ "app": "pay", "version": "v2" }), 5));
+    let touched: Vec<&ResourceKey> = changed.iter().filter(|k| k.group == "xds.keelson.dev").collect();
+    assert!(!touched.is_empty() && touched.iter().all(|k| k.kind == "ClusterLoadAssignment"), "{touched:?}");
+    // A second entry declaring the host is warned about; the older one stays.
+    run.apply(entry("payments-b", &[PAY], "STATIC", json!({ "endpoints": [{ "address": "10.9.9.9" }] })));
+    let warnings = run.served.translator().unwrap().warnings();
+    let b = ResourceKey::new("networking.istio.io", "ServiceEntry", "default", "payments-b");
+    assert!(warnings[&b].iter().any(|w| w.contains("also declared by the older ServiceEntry")), "{warnings:?}");
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Endpoint, Health, Protocol, Service, ServicePort};
+use super::model::{Endpoint, Health, Protocol, Resolution, Service, ServicePort};
 use super::policy::{self, Warn};
 
 /// istiod's `BuildSubsetKey`: `outbound|<port>|<subset>|<host>`.
@@ -16,23 +16,55 @@ pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
 /// istiod's default connect timeout (`meshConfig.connectTimeout`).
 const CONNECT_TIMEOUT: &str = "10s";
 
-/// The EDS Cluster of one service port (and subset), with the traffic
-/// policy that applies to it. `policy` is already merged for the port and
-/// subset (crate::translate::policy::effective).
-pub fn cluster(name: &str, port: &ServicePort, policy: Option<&Value>, warn: &mut Warn) -> Value {
-    let mut c = json!({
-        "name": name,
-        "type": "EDS",
-        "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" }, "service_name": name },
-        "connect_timeout": CONNECT_TIMEOUT,
-        "lb_policy": "ROUND_ROBIN",
-    });
+/// The Cluster of one service port (and subset), with the traffic policy
+/// that applies to it. `policy` is already merged for the port and subset
+/// (crate::translate::policy::effective). Its type follows the service's
+/// resolution (istiod's `buildCluster`): EDS; STRICT_DNS with the endpoints
+/// inline (`subset_labels` select them, as for EDS); ORIGINAL_DST.
+pub fn cluster(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset_labels: &BTreeMap<String, String>,
+    policy: Option<&Value>,
+    warn: &mut Warn,
+) -> Value {
+    let mut c = json!({ "name": name, "connect_timeout": CONNECT_TIMEOUT, "lb_policy": "ROUND_ROBIN" });
+    match svc.resolution {
+        Resolution::Endpoints => {
+            c["type"] = json!("EDS");
+            c["eds_cluster_config"] =
+                json!({ "eds_config": { "ads": {}, "resource_api_version": "V3" }, "service_name": name });
+        }
+        Resolution::Dns => {
+            c["type"] = json!("STRICT_DNS");
+            // istiod's default: IPv4 answers only, unless the mesh is dual-stack.
+            c["dns_lookup_family"] = json!("V4_ONLY");
+            c["load_assignment"] = load_assignment(name, svc, port.port, subset_labels);
+        }
+        Resolution::Passthrough => {
+            c["type"] = json!("ORIGINAL_DST");
+            c["lb_policy"] = json!("CLUSTER_PROVIDED");
+        }
+    }
     let mut http_options = Map::new();
     if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
         http_options.insert("explicit_http_config".into(), json!({ "http2_protocol_options": {} }));
     }
     if let Some(policy) = policy {
         policy::apply(policy, &mut c, &mut http_options, warn);
+        if svc.resolution == Resolution::Passthrough && c["lb_policy"] != "CLUSTER_PROVIDED" {
+            // Envoy refuses any other policy on an ORIGINAL_DST cluster.
+            warn.messages.push(format!(
+                "trafficPolicy.loadBalancer does not apply to {}: resolution NONE forwards to the address dialled",
+                svc.host
+            ));
+            c["lb_policy"] = json!("CLUSTER_PROVIDED");
+            if let Some(o) = c.as_object_mut() {
+                o.remove("ring_hash_lb_config");
+                o.remove("maglev_lb_config");
+            }
+        }
     }
     if !http_options.is_empty() {
         if !http_options.contains_key("explicit_http_config") {
@@ -74,13 +106,17 @@ pub fn load_assignment(name: &str, svc: &Service, port: u32, subset_labels: &BTr
                     json!({
                         "endpoint": { "address": { "socket_address": { "address": e.address, "port_value": e.port } } },
                         "health_status": status,
-                        "load_balancing_weight": 1,
+                        "load_balancing_weight": e.weight.max(1),
                     })
                 })
                 .collect();
+            // The locality's weight is the sum of its endpoints' (their
+            // count for Kubernetes endpoints), so localities share traffic
+            // as their endpoints do.
+            let weight: u64 = eps.iter().map(|e| u64::from(e.weight.max(1))).sum();
             json!({
                 "locality": { "region": l.region, "zone": l.zone, "sub_zone": l.sub_zone },
-                "load_balancing_weight": lb_endpoints.len(),
+                "load_balancing_weight": weight.min(u64::from(u32::MAX)),
                 "lb_endpoints": lb_endpoints,
             })
         })

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod route;
 pub mod scope;
 mod served;
+pub mod service_entry;
 mod unit;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,7 +42,9 @@ fn mark(dirty: &mut Dirty, unit: String, what: Rebuild) {
 /// What a change of `key` can alter in `unit`, which read it.
 fn extent(key: &ResourceKey, unit: &str) -> Rebuild {
     match (key.group.as_str(), key.kind.as_str()) {
-        ("discovery.k8s.io", "EndpointSlice") | ("", "Pod" | "Node") => Rebuild::Endpoints,
+        ("discovery.k8s.io", "EndpointSlice") | ("", "Pod" | "Node") | ("networking.istio.io", "WorkloadEntry") => {
+            Rebuild::Endpoints
+        }
         ("networking.istio.io", "VirtualService") => Rebuild::Routes,
         // Another service read as a route's destination (its only port).
         ("", "Service") if unit.split_once('/') != Some((key.namespace.as_str(), key.name.as_str())) => Rebuild::Routes,
@@ -108,6 +111,10 @@ pub struct Translator {
     /// DestinationRules and VirtualServices by scope (`dr:target`, `vs:target`).
     aimed: BTreeMap<String, BTreeSet<ResourceKey>>,
     aims_of: HashMap<ResourceKey, Vec<String>>,
+    /// ServiceEntry hosts → the ServiceEntries listing them; each host is a
+    /// unit named by the host itself (Kubernetes units are `ns/name`).
+    declarers: BTreeMap<String, BTreeSet<ResourceKey>>,
+    entry_hosts: HashMap<ResourceKey, Vec<String>>,
     /// Short service name → namespace → Service objects of it.
     names: BTreeMap<String, BTreeMap<String, usize>>,
     units: BTreeMap<String, Unit>,
@@ -128,6 +135,8 @@ impl Translator {
             slice_owner: HashMap::new(),
             aimed: BTreeMap::new(),
             aims_of: HashMap::new(),
+            declarers: BTreeMap::new(),
+            entry_hosts: HashMap::new(),
             names: BTreeMap::new(),
             units: BTreeMap::new(),
             consumers: HashMap::new(),
@@ -158,8 +167,12 @@ impl Translator {
             "Listener" => key.name.rsplit_once(':')?.0,
             _ => key.name.strip_prefix("outbound|")?.splitn(3, '|').nth(2)?,
         };
-        let (name, namespace) = host.strip_suffix(&format!(".svc.{}", self.cfg.domain_suffix))?.split_once('.')?;
-        self.units.get(&format!("{namespace}/{name}"))?.resources.get(key)
+        let unit = match host.strip_suffix(&format!(".svc.{}", self.cfg.domain_suffix)).and_then(|n| n.split_once('.'))
+        {
+            Some((name, namespace)) => format!("{namespace}/{name}"),
+            None => host.to_string(),
+        };
+        self.units.get(&unit)?.resources.get(key)
     }
 
     /// Current warnings, per input object.
@@ -181,7 +194,7 @@ impl Translator {
             state.resources.keys().filter(|k| is_input(k)).cloned().chain(self.consumers.keys().cloned()).collect();
         let mut changed = self.update(state, &inputs);
         // Units whose service is gone without any input of theirs listed.
-        let stale: Vec<String> = self.units.keys().filter(|u| !has_service(state, u)).cloned().collect();
+        let stale: Vec<String> = self.units.keys().filter(|u| !self.has_service(state, u)).cloned().collect();
         for u in stale {
             changed.extend(self.rebuild_unit(state, &u, Rebuild::All, &mut BTreeSet::new()));
         }
@@ -249,6 +262,47 @@ impl Translator {
                     mark(dirty, unit, Rebuild::Endpoints);
                 }
             }
+            ("networking.istio.io", "ServiceEntry") => {
+                let owner = format!("ServiceEntry {key}");
+                let known = self.warnings.remove(&owner).unwrap_or_default();
+                for host in self.entry_hosts.remove(key).unwrap_or_default() {
+                    if let Some(set) = self.declarers.get_mut(&host) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.declarers.remove(&host);
+                        }
+                    }
+                    mark(dirty, host, Rebuild::All);
+                }
+                let Some(e) = entry else { return };
+                let mut hosts = Vec::new();
+                let mut refusals = Vec::new();
+                for host in service_entry::hosts(&e.body.to_value()) {
+                    match service_entry::refused(&host, &self.cfg) {
+                        Some(why) => refusals.push(why),
+                        None if !hosts.contains(&host) => hosts.push(host),
+                        None => {}
+                    }
+                }
+                if !refusals.is_empty() {
+                    self.warn(&owner, key.clone(), refusals, &known);
+                }
+                for host in &hosts {
+                    self.declarers.entry(host.clone()).or_default().insert(key.clone());
+                    mark(dirty, host.clone(), Rebuild::All);
+                }
+                self.entry_hosts.insert(key.clone(), hosts);
+            }
+            ("networking.istio.io", "WorkloadEntry") => {
+                // A workload can join any selector of its namespace's entries.
+                let start = ResourceKey::new(service_entry::GROUP, "ServiceEntry", &key.namespace, "");
+                let end = ResourceKey::new(service_entry::GROUP, "ServiceEntry", &format!("{}\0", key.namespace), "");
+                for (se, _) in state.resources.range(start..end) {
+                    for host in self.entry_hosts.get(se).into_iter().flatten() {
+                        mark(dirty, host.clone(), Rebuild::Endpoints);
+                    }
+                }
+            }
             ("networking.istio.io", "DestinationRule" | "VirtualService") => {
                 for aim in self.aims_of.remove(key).unwrap_or_default() {
                     if let Some(set) = self.aimed.get_mut(&aim) {
@@ -282,14 +336,21 @@ impl Translator {
                     mark(dirty, format!("{ns}/{n}"), what);
                 }
             }
-        } else if let Some((name, ns)) = target.split_once('.').filter(|(_, ns)| !ns.contains('.')) {
+            for host in self.declarers.keys() {
+                mark(dirty, host.clone(), what);
+            }
+            return;
+        }
+        if let Some((name, ns)) = target.split_once('.').filter(|(_, ns)| !ns.contains('.')) {
             mark(dirty, format!("{ns}/{name}"), what);
+        }
+        if self.declarers.contains_key(target) {
+            mark(dirty, target.to_string(), what);
         }
     }
 
-    /// The candidates of `prefix` (`dr`, `vs`) for a unit.
-    fn aimed_at(&self, prefix: &str, namespace: &str, name: &str) -> BTreeSet<ResourceKey> {
-        let target = scope::host_target(namespace, name);
+    /// The candidates of `prefix` (`dr`, `vs`) for a unit's target.
+    fn aimed_at(&self, prefix: &str, target: &str) -> BTreeSet<ResourceKey> {
         [format!("{prefix}:{target}"), format!("{prefix}:*")]
             .iter()
             .filter_map(|a| self.aimed.get(a))
@@ -306,19 +367,24 @@ impl Translator {
         what: Rebuild,
         ports: &mut BTreeSet<u32>,
     ) -> Vec<ResourceKey> {
-        let (namespace, name) = unit.split_once('/').expect("units are ns/name");
         let empty = BTreeSet::new();
-        let rules = self.aimed_at("dr", namespace, name);
-        let routes = self.aimed_at("vs", namespace, name);
-        let lookups = unit::Lookups {
-            slices: self.slices_of.get(unit).unwrap_or(&empty),
-            rules: &rules,
-            routes: &routes,
-            namespaces_with_name: self.names.get(name).map_or(0, BTreeMap::len),
+        let (declared, target, namespaces_with_name) = match unit.split_once('/') {
+            Some((namespace, name)) => {
+                let slices = self.slices_of.get(unit).unwrap_or(&empty);
+                let same_name = self.names.get(name).map_or(0, BTreeMap::len);
+                (unit::Declared::Kube { namespace, name, slices }, scope::host_target(namespace, name), same_name)
+            }
+            None => {
+                let declarers = self.declarers.get(unit).unwrap_or(&empty);
+                (unit::Declared::Entries { host: unit, declarers }, unit.to_string(), 0)
+            }
         };
+        let rules = self.aimed_at("dr", &target);
+        let routes = self.aimed_at("vs", &target);
+        let lookups = unit::Lookups { declared, rules: &rules, routes: &routes, namespaces_with_name };
         // A partial rebuild needs the rest from the unit as it was.
         let what = if self.units.contains_key(unit) { what } else { Rebuild::All };
-        let built = unit::build(state, namespace, name, &lookups, &self.cfg, what);
+        let built = unit::build(state, &lookups, &self.cfg, what);
         let old = self.units.remove(unit);
         let mut removed: Vec<(u32, Arc<str>)> = Vec::new();
         if let Some(old) = &old {
@@ -353,7 +419,17 @@ impl Translator {
             self.clear_warnings_of(unit);
             return changed;
         };
-        let Built { resources, mut vhosts, mut warnings, mut consulted, ports: new_ports, service_version } = built;
+        let Built {
+            resources,
+            mut vhosts,
+            mut warnings,
+            mut consulted,
+            ports: new_ports,
+            service_version,
+            host,
+            rebuilt,
+        } = built;
+        let what = rebuilt;
         let known = self.warnings.remove(unit).unwrap_or_default();
         if what != Rebuild::All {
             // What this rebuild did not recompute stays as it was.
@@ -398,7 +474,6 @@ impl Translator {
         for k in &consulted {
             self.consumers.entry(k.clone()).or_default().insert(unit_id.clone());
         }
-        let host = model::kube_host(namespace, name, &self.cfg.domain_suffix);
         for (p, proto) in &new_ports {
             let members = self.ports.entry(*p).or_default();
             members.services.insert(unit.to_string(), (service_version, proto.is_http(), host.clone()));
@@ -428,6 +503,14 @@ impl Translator {
             },
         );
         changed
+    }
+
+    /// Is the unit's service still declared?
+    fn has_service(&self, state: &State, unit: &str) -> bool {
+        match unit.split_once('/') {
+            Some((ns, name)) => model::every_cluster(state, "", "Service", ns, name).next().is_some(),
+            None => self.declarers.contains_key(unit),
+        }
     }
 
     fn clear_warnings_of(&mut self, owner: &str) {
@@ -618,18 +701,13 @@ fn route_table(name: &str, vhosts: &[&unit::VirtualHost]) -> bytes::Bytes {
     bytes::Bytes::from(buf)
 }
 
-fn has_service(state: &State, unit: &str) -> bool {
-    let (ns, name) = unit.split_once('/').unwrap_or_default();
-    model::every_cluster(state, "", "Service", ns, name).next().is_some()
-}
-
 /// Kinds translation reads.
 pub fn is_input(key: &ResourceKey) -> bool {
     matches!(
         (key.group.as_str(), key.kind.as_str()),
         ("", "Service" | "Pod" | "Node")
             | ("discovery.k8s.io", "EndpointSlice")
-            | ("networking.istio.io", "DestinationRule" | "VirtualService")
+            | ("networking.istio.io", "DestinationRule" | "VirtualService" | "ServiceEntry" | "WorkloadEntry")
     )
 }
 

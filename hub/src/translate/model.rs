@@ -120,6 +120,33 @@ pub struct Endpoint {
     pub port: u32,
     pub health: Health,
     pub labels: BTreeMap<String, String>,
+    /// Its share within its locality (≥ 1): a ServiceEntry endpoint's or
+    /// WorkloadEntry's `weight`; 1 for Kubernetes endpoints.
+    pub weight: u32,
+}
+
+/// How a proxy finds a host's endpoints (istiod's `model.Resolution`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resolution {
+    /// The control plane lists them (EDS): Kubernetes services and
+    /// ServiceEntries with `resolution: STATIC`.
+    #[default]
+    Endpoints,
+    /// The proxy resolves their addresses (`resolution: DNS`): a STRICT_DNS
+    /// cluster with the endpoints inline.
+    Dns,
+    /// The proxy forwards to the address the client dialled
+    /// (`resolution: NONE`): an ORIGINAL_DST cluster.
+    Passthrough,
+}
+
+/// Where a service was declared: it decides the names a sidecar's virtual
+/// host answers to (a Kubernetes service also has its short forms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Registry {
+    #[default]
+    Kubernetes,
+    ServiceEntry,
 }
 
 /// One host, as every registry that knows it describes it.
@@ -130,6 +157,8 @@ pub struct Service {
     pub name: String,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
+    pub resolution: Resolution,
+    pub registry: Registry,
     /// What the ports were read from (Services of every cluster).
     pub service_inputs: Inputs,
     /// What the endpoints were read from (slices, pods, nodes).
@@ -245,7 +274,7 @@ const REGION: &str = "topology.kubernetes.io/region";
 const ZONE: &str = "topology.kubernetes.io/zone";
 const SUBZONE: &str = "topology.istio.io/subzone";
 
-fn labels_of(body: &Value) -> BTreeMap<String, String> {
+pub fn labels_of(body: &Value) -> BTreeMap<String, String> {
     body.pointer("/metadata/labels")
         .and_then(Value::as_object)
         .map(|l| l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
@@ -375,6 +404,7 @@ fn endpoints_of(state: &State, key: &ResourceKey, slice: &Slice, svc: &mut Servi
                     port: number,
                     health,
                     labels: labels.clone(),
+                    weight: 1,
                 });
             }
         }

@@ -51,6 +51,15 @@ pub fn routes(target: &str) -> String {
     format!("vs:{target}")
 }
 
+/// ServiceEntries declaring `host`.
+pub fn entry_host(host: &str) -> String {
+    format!("se:{host}")
+}
+/// WorkloadEntries of a namespace (what a `workloadSelector` picks from).
+pub fn workload_entries(namespace: &str) -> String {
+    format!("we:{namespace}")
+}
+
 /// The target a host written in an Istio object of `namespace` aims at,
 /// independent of the domain suffix: `name.ns` for a Kubernetes service
 /// (a short name resolves in the object's namespace, istiod's
@@ -120,6 +129,16 @@ pub fn departures(key: &ResourceKey, body: &Body) -> Vec<String> {
             let host = read().and_then(|o| o.spec?.host);
             host.iter().map(|h| rules(&host_target(ns, h))).collect()
         }
+        ("networking.istio.io", "ServiceEntry") => {
+            // Read on its own: an entry's ports are not a Service's.
+            let body = serde_json::from_slice::<serde_json::Value>(body.json()).unwrap_or_default();
+            let mut scopes: Vec<String> = super::service_entry::hosts(&body).iter().map(|h| entry_host(h)).collect();
+            let ports = body.pointer("/spec/ports").and_then(serde_json::Value::as_array);
+            let numbers = ports.into_iter().flatten().filter_map(|p| p.get("number")?.as_u64());
+            scopes.extend(numbers.filter_map(|n| u32::try_from(n).ok()).map(service_port));
+            scopes
+        }
+        ("networking.istio.io", "WorkloadEntry") => vec![workload_entries(ns)],
         ("networking.istio.io", "VirtualService") => {
             let hosts = read().and_then(|o| o.spec?.hosts).unwrap_or_default();
             hosts.iter().map(|h| routes(&host_target(ns, h))).collect()
@@ -150,5 +169,11 @@ mod tests {
         let vs = ResourceKey::new("networking.istio.io", "VirtualService", "default", "r");
         let body = Body::from_value(&serde_json::json!({ "spec": { "hosts": ["reviews", "x.example.com"] } }));
         assert_eq!(departures(&vs, &body), ["vs:reviews.default", "vs:x.example.com"]);
+        // A ServiceEntry leaves its hosts and ports (`number`, not `port`).
+        let se = ResourceKey::new("networking.istio.io", "ServiceEntry", "default", "pay");
+        let body = Body::from_value(
+            &serde_json::json!({ "spec": { "hosts": ["pay.example.com"], "ports": [{ "number": 80 }] } }),
+        );
+        assert_eq!(departures(&se, &body), ["se:pay.example.com", "port:80"]);
     }
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::cluster::{self, cluster_name};
-use super::model::{self, Inputs, Protocol, Service};
+use super::model::{self, Inputs, Protocol, Registry, Resolution, Service};
 use super::policy::{self, Warn};
-use super::{TranslateConfig, listener, route, scope};
+use super::{TranslateConfig, listener, route, scope, service_entry};
 use crate::event::ResourceKey;
 use crate::kinds::ENVOY_GROUP;
 use crate::state::State;
@@ -58,6 +58,10 @@ pub struct Built {
     /// Every key read (present or not), for the translator's index.
     pub consulted: BTreeSet<ResourceKey>,
     pub service_version: u64,
+    pub host: String,
+    /// What was rebuilt: more than asked when endpoints live in clusters
+    /// (a DNS-resolved ServiceEntry's endpoints are inline).
+    pub rebuilt: Rebuild,
 }
 
 fn key(kind: &str, name: &str) -> ResourceKey {
@@ -144,6 +148,9 @@ pub fn resolve(host: &str, namespace: &str, cfg: &TranslateConfig) -> String {
 /// other namespace has a service of that name, since one route table is
 /// shared by every proxy.
 fn domains(svc: &Service, port: u32, bare_unique: bool) -> Vec<String> {
+    if svc.registry == Registry::ServiceEntry {
+        return vec![svc.host.clone(), format!("{}:{port}", svc.host)];
+    }
     let mut names = vec![
         svc.host.clone(),
         format!("{}.{}.svc", svc.name, svc.namespace),
@@ -180,30 +187,41 @@ impl Rebuild {
     }
 }
 
+/// Where a unit's service is declared, and what the translator indexed for it.
+pub enum Declared<'a> {
+    /// The Kubernetes service `namespace/name` and the EndpointSlices naming it.
+    Kube { namespace: &'a str, name: &'a str, slices: &'a BTreeSet<ResourceKey> },
+    /// A host and the ServiceEntries that list it.
+    Entries { host: &'a str, declarers: &'a BTreeSet<ResourceKey> },
+}
+
 pub struct Lookups<'a> {
-    pub slices: &'a BTreeSet<ResourceKey>,
+    pub declared: Declared<'a>,
     pub rules: &'a BTreeSet<ResourceKey>,
     pub routes: &'a BTreeSet<ResourceKey>,
     /// Namespaces that have a service of this service's name.
     pub namespaces_with_name: usize,
 }
 
-/// Builds the unit of the Kubernetes service `namespace/name`; `None` when
-/// no cluster has its Service.
-pub fn build(
-    state: &State,
-    namespace: &str,
-    name: &str,
-    l: &Lookups<'_>,
-    cfg: &TranslateConfig,
-    what: Rebuild,
-) -> Option<Built> {
+/// Builds the unit of one service; `None` when nothing declares it any more.
+pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuild) -> Option<Built> {
     let mut warnings: BTreeMap<ResourceKey, Vec<String>> = BTreeMap::new();
     let svc = {
         let mut warn = |k: &ResourceKey, m: String| warnings.entry(k.clone()).or_default().push(m);
-        model::kube_service(state, namespace, name, l.slices, &cfg.domain_suffix, &mut warn)?
+        match l.declared {
+            Declared::Kube { namespace, name, slices } => {
+                model::kube_service(state, namespace, name, slices, &cfg.domain_suffix, &mut warn)?
+            }
+            Declared::Entries { host, declarers } => service_entry::entry_service(state, host, declarers, &mut warn)?,
+        }
     };
-    let target = scope::host_target(namespace, name);
+    let (namespace, name) = (svc.namespace.as_str(), svc.name.as_str());
+    let target = match l.declared {
+        Declared::Kube { namespace, name, .. } => scope::host_target(namespace, name),
+        Declared::Entries { host, .. } => host.to_string(),
+    };
+    // Endpoints inline in a cluster are rebuilt with it.
+    let what = if svc.resolution == Resolution::Endpoints || what != Rebuild::Endpoints { what } else { Rebuild::All };
     let mut rule_inputs = Inputs::default();
     rule_inputs.scope(state, &scope::rules(&target));
     rule_inputs.scope(state, &scope::rules("*"));
@@ -254,10 +272,11 @@ pub fn build(
         let main = cluster_name(p, "", &svc.host);
         if what.covers("Cluster") {
             let policy = policy::effective(top, None, p);
-            let spec = cluster::cluster(&main, port, policy.as_ref(), &mut rule_warn);
+            let spec = cluster::cluster(&main, &svc, port, &BTreeMap::new(), policy.as_ref(), &mut rule_warn);
             out.push(Derived::new(key("Cluster", &main), spec, cluster_inputs.clone()));
         }
-        if what.covers("ClusterLoadAssignment") {
+        let eds = svc.resolution == Resolution::Endpoints;
+        if eds && what.covers("ClusterLoadAssignment") {
             let cla = cluster::load_assignment(&main, &svc, p, &BTreeMap::new());
             out.push(Derived {
                 key: key("ClusterLoadAssignment", &main),
@@ -272,10 +291,10 @@ pub fn build(
             let name = cluster_name(p, subset, &svc.host);
             if what.covers("Cluster") {
                 let policy = policy::effective(top, *subset_policy, p);
-                let spec = cluster::cluster(&name, port, policy.as_ref(), &mut rule_warn);
+                let spec = cluster::cluster(&name, &svc, port, labels, policy.as_ref(), &mut rule_warn);
                 out.push(Derived::new(key("Cluster", &name), spec, cluster_inputs.clone()));
             }
-            if what.covers("ClusterLoadAssignment") {
+            if eds && what.covers("ClusterLoadAssignment") {
                 let cla = cluster::load_assignment(&name, &svc, p, labels);
                 out.push(Derived::new(key("ClusterLoadAssignment", &name), cla, subset_endpoint_inputs.clone()));
             }
@@ -322,8 +341,10 @@ pub fn build(
         let grpc_routes = route_for(true, &mut Warn::default());
         let mut inputs =
             svc.service_inputs.merged(&route_inputs).merged(&rule_inputs).merged(&extra_route_inputs.borrow());
-        // The bare domain depends on whether another namespace has this name.
-        inputs.scope(state, &scope::service_name(name));
+        if svc.registry == Registry::Kubernetes {
+            // The bare domain depends on whether another namespace has this name.
+            inputs.scope(state, &scope::service_name(name));
+        }
         let vhost_name = format!("{}:{p}", svc.host);
         let vhost = json!({ "name": vhost_name, "domains": domains(&svc, p, l.namespaces_with_name <= 1), "routes": sidecar_routes });
         match crate::transcode::encode_json("envoy.config.route.v3.VirtualHost", &vhost) {
@@ -376,6 +397,8 @@ pub fn build(
         consulted.extend(d.inputs.missing.iter().cloned());
     }
     Some(Built {
+        rebuilt: what,
+        host: svc.host.clone(),
         service_version: svc.service_inputs.version,
         ports: svc.ports.iter().map(|p| (p.port, p.protocol)).collect(),
         resources: out,
