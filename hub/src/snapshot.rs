@@ -27,6 +27,9 @@ pub struct Snapshot {
     /// What changed since the previous published snapshot, so a sink that
     /// saw that one can diff only these keys instead of whole kinds.
     pub changes: Arc<ChangeSet>,
+    /// What the proxies of each Sidecar-scoped namespace see
+    /// (crate::translate::visibility); empty when no Sidecar scopes any.
+    pub visibilities: crate::translate::Visibilities,
 }
 
 /// Keys created, updated or deleted between two published snapshots.
@@ -57,6 +60,7 @@ impl Snapshot {
             kind_versions,
             base_version,
             changes: Arc::default(),
+            visibilities: Arc::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl Snapshot {
         Snapshot {
             resources: served.resources().clone(),
             counts: served.counts(state),
+            visibilities: served.visibilities(),
             ..Self::with_kind_versions(state, kind_versions, base_version)
         }
     }
@@ -86,6 +91,23 @@ impl Snapshot {
         // BTreeMap<(String, String), _> cannot be probed with (&str, &str);
         // the map is small (one entry per kind), so a scan is fine.
         self.kind_versions.iter().find(|((g, k), _)| g == group && k == kind).map_or(self.base_version, |(_, v)| *v)
+    }
+
+    /// What the proxies of `namespace` see, if a Sidecar ever scoped it.
+    pub fn visibility(&self, namespace: &str) -> Option<&Arc<crate::translate::visibility::Visibility>> {
+        self.visibilities.get(namespace)
+    }
+
+    /// The version a proxy of `visibility` holds a kind at: the kind's, or
+    /// the visibility's if that changed later (a Sidecar edit changes what
+    /// the proxy gets without changing any resource of the kind).
+    pub fn scoped_kind_version(
+        &self,
+        group: &str,
+        kind: &str,
+        visibility: Option<&crate::translate::visibility::Visibility>,
+    ) -> u64 {
+        self.kind_version(group, kind).max(visibility.map_or(0, |v| v.version))
     }
 
     /// One resource, if present.

@@ -57,6 +57,9 @@ pub struct Serving {
     /// answer (annotation `keelson.dev/served-by-name: "true"`; proxyless
     /// gRPC API listeners, which an Envoy must not get).
     pub by_name: bool,
+    /// What a derived resource belongs to, for proxies scoped by a Sidecar
+    /// (crate::translate::visibility); raw resources are served to all.
+    pub visible: crate::translate::visibility::Visible,
 }
 
 impl Serving {
@@ -76,7 +79,7 @@ impl Serving {
             .as_ref()
             .and_then(|a| a.get(crate::translate::BY_NAME_ANNOTATION))
             .is_some_and(|v| v == "true");
-        Serving { proxy_group, ttl, revision, by_name }
+        Serving { proxy_group, ttl, revision, by_name, visible: Default::default() }
     }
 
     /// Does an istiod of revision `rev` take this object? Unlabelled objects

@@ -134,6 +134,12 @@ fn selecting_entry() -> Op {
     )
 }
 
+/// A namespace-wide Sidecar of `namespace` importing `hosts`.
+fn sidecar(namespace: &str, hosts: &[&str]) -> Op {
+    object(json!({ "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": { "name": "default", "namespace": namespace }, "spec": { "egress": [{ "hosts": hosts }] } }))
+}
+
 fn derived(kind: &str, name: &str) -> ResourceKey {
     ResourceKey::new("xds.keelson.dev", kind, "", name)
 }
@@ -204,7 +210,9 @@ fn script() -> Vec<Op> {
         entry("api", &["api.example.com"], "DNS", json!({ "endpoints": [{ "address": "localhost" }] })),
         workload("pay-2", "10.0.0.2", json!({ "app": "pay", "version": "v2" }), 3),
         pay_rule(),
+        sidecar("default", &["./api.example.com"]),
         pay_routes(),
+        sidecar("other", &["default/*"]),
         workload("pay-1", "10.0.0.1", json!({ "app": "other" }), 1),
         delete("networking.istio.io", "WorkloadEntry", "pay-2"),
         entry(
@@ -216,6 +224,8 @@ fn script() -> Vec<Op> {
         entry("payments", &[PAY], "STATIC", json!({ "endpoints": [{ "address": "10.0.0.9" }] })),
         delete("networking.istio.io", "ServiceEntry", "payments"),
         entry("api", &["api.example.com"], "NONE", json!({})),
+        sidecar("default", &["*/*"]),
+        delete("networking.istio.io", "Sidecar", "default"),
         delete("networking.istio.io", "DestinationRule", "pay"),
         delete("networking.istio.io", "ServiceEntry", "payments-b"),
         delete("networking.istio.io", "VirtualService", "pay"),
@@ -246,6 +256,8 @@ fn incremental_translation_equals_a_full_one_and_a_version_always_means_the_same
             })
             .collect();
         assert!(differ.is_empty(), "step {step}: incremental and full translation differ: {differ:#?}");
+        let full_scopes = Served::of(&run.state, &TranslateConfig::default()).visibilities();
+        assert_eq!(run.served.visibilities(), full_scopes, "step {step}: visibilities differ");
         for (key, (version, bytes, _)) in &incremental {
             assert!(*version <= run.seq, "step {step}: {key} has version {version} beyond seq {}", run.seq);
             let earlier = seen.entry((key.clone(), *version)).or_insert_with(|| bytes.clone());
@@ -518,4 +530,45 @@ fn service_entries_are_a_registry_with_istiod_names_and_resolutions() {
     let warnings = run.served.translator().unwrap().warnings();
     let b = ResourceKey::new("networking.istio.io", "ServiceEntry", "default", "payments-b");
     assert!(warnings[&b].iter().any(|w| w.contains("also declared by the older ServiceEntry")), "{warnings:?}");
+}
+
+#[test]
+fn a_sidecar_scopes_what_the_proxies_of_its_namespace_see() {
+    use keelson_hub::translate::visibility::Visible;
+    let mut run = Run::new();
+    run.apply(service("reviews", &[("http", 9080)]));
+    run.apply(object(
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "ratings", "namespace": "other" },
+        "spec": { "ports": [{ "name": "http", "port": 9080 }, { "name": "http-admin", "port": 9999 }] } }),
+    ));
+    run.apply(sidecar("default", &["./*"]));
+    let ratings = "ratings.other.svc.cluster.local";
+    let vis = run.served.visibilities()["default"].clone();
+    assert_eq!(vis.version, run.seq, "the Sidecar's seq");
+    let r = run.served.resources();
+    let visible = |k: &ResourceKey| vis.admits(&r[k].serving.visible);
+    assert!(visible(&derived("Cluster", &format!("outbound|9080||{HOST}"))));
+    assert!(!visible(&derived("Cluster", &format!("outbound|9080||{ratings}"))), "another namespace's service");
+    assert!(!visible(&derived("ClusterLoadAssignment", &format!("outbound|9080||{ratings}"))));
+    assert!(visible(&derived("Listener", "127.0.0.1_9080")) && !visible(&derived("Listener", "127.0.0.1_9999")));
+    // The port's shared table is not theirs; their own, under the same name, holds what they see.
+    let shared = derived("RouteConfiguration", "9080");
+    let own = ResourceKey::new("xds.keelson.dev", "RouteConfiguration", "default", "9080");
+    assert!(!visible(&shared) && visible(&own));
+    assert_eq!(r[&own].serving.visible, Visible::Only("default".into()));
+    assert!(keelson_hub::translate::visibility::admits(None, &r[&shared].serving.visible), "unscoped proxies get it");
+    assert_eq!(r[&own].body.to_value()["gathers"], json!([format!("{HOST}:9080")]));
+    assert_eq!(r[&shared].body.to_value()["gathers"], json!([format!("{ratings}:9080"), format!("{HOST}:9080")]));
+    // Importing the other namespace: the table and the visibility follow, at the edit's seq.
+    run.apply(sidecar("default", &["./*", "other/*"]));
+    let vis = run.served.visibilities()["default"].clone();
+    let r = run.served.resources();
+    assert_eq!(vis.version, run.seq);
+    assert!(vis.admits(&r[&derived("Cluster", &format!("outbound|9080||{ratings}"))].serving.visible));
+    assert_eq!(r[&own].body.to_value()["gathers"], r[&shared].body.to_value()["gathers"]);
+    // No Sidecar: everything again, remembered at the deletion's seq.
+    run.apply(delete("networking.istio.io", "Sidecar", "default"));
+    let vis = run.served.visibilities()["default"].clone();
+    assert!(!vis.restricts() && vis.version == run.seq, "{vis:?}");
+    assert!(!run.served.resources().contains_key(&own), "the scoped table is gone");
 }

@@ -489,7 +489,7 @@ fn workload_entry(name: &str, version: &str, port: u16) -> String {
 }
 
 #[test]
-fn envoy_sidecar_reaches_service_entry_hosts_and_follows_workload_entries() {
+fn envoy_sidecar_reaches_service_entry_hosts_follows_workload_entries_and_its_sidecar_scope() {
     let t0 = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("entries");
@@ -539,5 +539,31 @@ fn envoy_sidecar_reaches_service_entry_hosts_and_follows_workload_entries() {
     for ty in ["CDS", "LDS", "RDS"] {
         assert_eq!(after.get(ty), before.get(ty), "a WorkloadEntry change pushed {ty}: {before:?} → {after:?}");
     }
-    eprintln!("ServiceEntry STATIC + WorkloadEntries, DNS: passed in {:?}", t0.elapsed());
+
+    // A Sidecar of the proxy's namespace importing one host: Envoy loses the
+    // other's cluster and listener (istiod's SidecarScope), keeps routing
+    // the imported one, and gets everything back when the Sidecar goes.
+    let sidecar = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: {NS}}}\n\
+         spec: {{egress: [{{hosts: [\"./{PAY}\"]}}]}}\n"
+    );
+    write(&config, "sidecar.yaml", &sidecar);
+    let d = || m.diag();
+    poll("Envoy to drop what the Sidecar does not import", WAIT, &d, |last| {
+        let [clusters, listeners, _] = m.envoy.names();
+        *last = format!("{clusters:?} {listeners:?}");
+        let gone = !clusters.contains(&dns_cluster) && !listeners.contains(&format!("127.0.0.1_{dns_port}"));
+        (gone && clusters.contains(&format!("outbound|{pay_port}||{PAY}"))).then_some(())
+    });
+    assert_eq!(m.http.tally(5, PAY, &v2_header), BTreeMap::from([("v2".to_string(), 5)]), "\n{}", m.diag());
+    m.assert_synced();
+    std::fs::remove_file(config.join("sidecar.yaml")).unwrap();
+    let d = || m.diag();
+    poll("Envoy to get the DNS host back", WAIT, &d, |last| {
+        let counts = dns_client.tally(1, "dns.example.com", &[]);
+        *last = format!("{counts:?}");
+        counts.contains_key("dns").then_some(())
+    });
+    m.assert_synced();
+    eprintln!("ServiceEntry STATIC + WorkloadEntries, DNS, Sidecar scoping: passed in {:?}", t0.elapsed());
 }

@@ -14,16 +14,17 @@ pub mod cluster;
 pub mod listener;
 pub mod model;
 pub mod policy;
+mod ports;
 pub mod route;
 pub mod scope;
+mod scoping;
 mod served;
 pub mod service_entry;
 mod unit;
+pub mod visibility;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-
-use serde_json::json;
 
 use crate::event::{Body, ResourceKey, SourceId, SourceKind};
 use crate::kinds::{self, ENVOY_GROUP};
@@ -31,6 +32,9 @@ use crate::state::{ResourceEntry, State};
 pub use model::Inputs;
 pub use served::Served;
 use unit::{Built, Derived, Rebuild};
+
+/// What the proxies of each Sidecar-scoped namespace see, by namespace.
+pub type Visibilities = Arc<BTreeMap<String, Arc<visibility::Visibility>>>;
 
 /// Units to rebuild, and how much of each.
 type Dirty = BTreeMap<String, Rebuild>;
@@ -99,6 +103,9 @@ struct Unit {
     consulted: Box<[ResourceKey]>,
     /// The version of the Services the unit read.
     service_version: u64,
+    /// Its host and the namespace that declares it (what a Sidecar imports).
+    host: Arc<str>,
+    namespace: String,
 }
 
 /// The incremental translator. `update` after every batch of changes gives
@@ -125,6 +132,12 @@ pub struct Translator {
     aggregates: BTreeMap<ResourceKey, Arc<ResourceEntry>>,
     /// Current warnings, per unit (or port) that found them, per input object.
     warnings: BTreeMap<String, BTreeMap<ResourceKey, Vec<String>>>,
+    /// Sidecars by namespace, and what the proxies of each scoped
+    /// namespace see (published with every snapshot).
+    sidecars: BTreeMap<String, BTreeSet<ResourceKey>>,
+    visibilities: Arc<BTreeMap<String, Arc<visibility::Visibility>>>,
+    /// A unit appeared, went or changed ports since the visibilities were computed.
+    shape_changed: bool,
 }
 
 impl Translator {
@@ -143,7 +156,15 @@ impl Translator {
             ports: BTreeMap::new(),
             aggregates: BTreeMap::new(),
             warnings: BTreeMap::new(),
+            sidecars: BTreeMap::new(),
+            visibilities: Arc::default(),
+            shape_changed: false,
         }
+    }
+
+    /// What the proxies of each Sidecar-scoped namespace see.
+    pub fn visibilities(&self) -> &Arc<BTreeMap<String, Arc<visibility::Visibility>>> {
+        &self.visibilities
     }
 
     pub fn config(&self) -> &TranslateConfig {
@@ -198,6 +219,16 @@ impl Translator {
         for u in stale {
             changed.extend(self.rebuild_unit(state, &u, Rebuild::All, &mut BTreeSet::new()));
         }
+        // Namespaces whose Sidecar is gone keep an unrestricted visibility
+        // at the departure's seq, as they do when translated step by step.
+        let prefix = scope::sidecars("");
+        let departed: BTreeSet<String> = state
+            .departures
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect();
+        changed.extend(self.rescope(state, &departed, &BTreeSet::new()));
         changed
     }
 
@@ -205,7 +236,20 @@ impl Translator {
     /// changed since the last call; returns the derived keys that changed.
     pub fn update(&mut self, state: &State, changed: &BTreeSet<ResourceKey>) -> BTreeSet<ResourceKey> {
         let mut dirty = Dirty::new();
+        let mut scoped = BTreeSet::new();
         for key in changed.iter().filter(|k| is_input(k)) {
+            if key.group == service_entry::GROUP && key.kind == "Sidecar" {
+                let set = self.sidecars.entry(key.namespace.clone()).or_default();
+                match state.resources.contains_key(key) {
+                    true => set.insert(key.clone()),
+                    false => set.remove(key),
+                };
+                if set.is_empty() {
+                    self.sidecars.remove(&key.namespace);
+                }
+                scoped.insert(key.namespace.clone());
+                continue;
+            }
             for u in self.consumers.get(key).into_iter().flatten() {
                 mark(&mut dirty, u.to_string(), extent(key, u));
             }
@@ -216,9 +260,10 @@ impl Translator {
         for (u, what) in &dirty {
             out.extend(self.rebuild_unit(state, u, *what, &mut ports));
         }
-        for port in ports {
-            out.extend(self.rebuild_port(state, port));
+        for port in &ports {
+            out.extend(self.rebuild_port(state, *port));
         }
+        out.extend(self.rescope(state, &scoped, &ports));
         out
     }
 
@@ -410,6 +455,7 @@ impl Translator {
         let (old_resources, old_vhosts, old_ports, old_consulted) =
             old.map(|u| (u.resources, u.vhosts, u.ports, u.consulted)).unwrap_or_default();
         let mut changed = Vec::new();
+        self.shape_changed |= built.as_ref().map(|b| &b.ports) != Some(&old_ports);
         let Some(built) = built else {
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
@@ -427,6 +473,7 @@ impl Translator {
             ports: new_ports,
             service_version,
             host,
+            namespace: host_namespace,
             rebuilt,
         } = built;
         let what = rebuilt;
@@ -500,6 +547,8 @@ impl Translator {
                 vhosts,
                 consulted: consulted.into_iter().collect(),
                 service_version,
+                host: Arc::from(host.as_str()),
+                namespace: host_namespace,
             },
         );
         changed
@@ -555,7 +604,7 @@ impl Translator {
         };
         match encoded {
             Ok(encoded) => {
-                let serving = crate::state::Serving { by_name: d.by_name, ..Default::default() };
+                let serving = crate::state::Serving { by_name: d.by_name, visible: d.visible, ..Default::default() };
                 Some(Arc::new(ResourceEntry {
                     version: d.inputs.version,
                     body,
@@ -582,123 +631,6 @@ impl Translator {
             }
         }
     }
-
-    /// Rebuilds the outbound listener and route table of one port. The
-    /// table is the virtual hosts' encoded bytes laid end to end: one
-    /// VirtualService change costs a copy of the table, not a transcode of
-    /// every service on the port.
-    fn rebuild_port(&mut self, state: &State, port: u32) -> Vec<ResourceKey> {
-        let mut tcp_clusters = Vec::new();
-        let mut listener_inputs = Inputs::default();
-        listener_inputs.scope(state, &scope::service_port(port));
-        let members = self.ports.entry(port).or_default();
-        let gathered = members
-            .gathered
-            .get_or_insert_with(|| {
-                let names: Vec<&str> = members.vhosts.keys().map(|n| &**n).collect();
-                let json = serde_json::to_string(&names).expect("names serialize");
-                Arc::from(serde_json::value::RawValue::from_string(json).expect("valid JSON"))
-            })
-            .clone();
-        let members = &self.ports[&port];
-        for (version, http, host) in members.services.values() {
-            listener_inputs.version = listener_inputs.version.max(*version);
-            if !http {
-                tcp_clusters.push(cluster::cluster_name(port, "", host));
-            }
-        }
-        tcp_clusters.sort();
-        let vhosts: Vec<&unit::VirtualHost> = members.vhosts.values().map(|v| &**v).collect();
-        let mut route_inputs = listener_inputs.clone();
-        for v in &vhosts {
-            route_inputs.version = route_inputs.version.max(v.version);
-        }
-        let table = (!vhosts.is_empty()).then(|| route_table(&port.to_string(), &vhosts));
-        let address = self.cfg.outbound_address.clone();
-        let owner = format!("port {port}");
-        let known = self.warnings.remove(&owner).unwrap_or_default();
-        let listener_key = ResourceKey::new(ENVOY_GROUP, "Listener", "", &listener::outbound_name(&address, port));
-        let route_key = ResourceKey::new(ENVOY_GROUP, "RouteConfiguration", "", &port.to_string());
-        let mut wanted = Vec::new();
-        let derived = |key: &ResourceKey, spec, inputs, gathers: Option<Arc<serde_json::value::RawValue>>, encoded| {
-            Derived { key: key.clone(), spec, inputs, by_name: false, gathers, encoded }
-        };
-        if let Some(table) = table {
-            let spec = json!({ "name": port.to_string(), "validate_clusters": false });
-            wanted.push(derived(&route_key, spec, route_inputs, Some(gathered), Some(table)));
-            if !tcp_clusters.is_empty() {
-                let m = format!(
-                    "port {port} has HTTP and TCP services; the TCP ones ({}) get no outbound listener",
-                    tcp_clusters.join(", ")
-                );
-                self.warn(&owner, listener_key.clone(), vec![m], &known);
-            }
-            wanted.push(derived(&listener_key, listener::outbound_http(&address, port), listener_inputs, None, None));
-        } else if let Some(first) = tcp_clusters.first() {
-            if tcp_clusters.len() > 1 {
-                let m = format!("port {port} has several TCP services; its listener proxies to {first} only");
-                self.warn(&owner, listener_key.clone(), vec![m], &known);
-            }
-            let spec = listener::outbound_tcp(&address, port, first);
-            let only = serde_json::value::to_raw_value(&[first]).expect("a name serializes");
-            wanted.push(derived(&listener_key, spec, listener_inputs, Some(Arc::from(only)), None));
-        }
-        let mut changed = Vec::new();
-        let mut present = BTreeSet::new();
-        for d in wanted {
-            let k = d.key.clone();
-            let prev = self.aggregates.get(&k).cloned();
-            present.insert(k.clone());
-            match self.encode(&owner, d, prev.as_ref()) {
-                Some(e) => {
-                    if prev.as_ref().is_none_or(|p| !Arc::ptr_eq(p, &e)) {
-                        changed.push(k.clone());
-                    }
-                    self.aggregates.insert(k, e);
-                }
-                None => {
-                    if self.aggregates.remove(&k).is_some() {
-                        changed.push(k);
-                    }
-                }
-            }
-        }
-        for k in [listener_key, route_key] {
-            if !present.contains(&k) && self.aggregates.remove(&k).is_some() {
-                changed.push(k);
-            }
-        }
-        changed
-    }
-}
-
-/// A RouteConfiguration `{name, virtual_hosts, validate_clusters: false}`
-/// as an encoded `Any`, from its virtual hosts' encodings (fields in number
-/// order: name = 1, virtual_hosts = 2, validate_clusters = 7).
-fn route_table(name: &str, vhosts: &[&unit::VirtualHost]) -> bytes::Bytes {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-    const TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let value_len = field(name.len()) + vhosts.iter().map(|v| field(v.encoded.len())).sum::<usize>() + field(0);
-    // The Any around it, written in place: type_url = 1, value = 2.
-    let mut buf = Vec::with_capacity(field(TYPE_URL.len()) + field(value_len));
-    encode_key(1, WireType::LengthDelimited, &mut buf);
-    encode_varint(TYPE_URL.len() as u64, &mut buf);
-    buf.extend_from_slice(TYPE_URL.as_bytes());
-    encode_key(2, WireType::LengthDelimited, &mut buf);
-    encode_varint(value_len as u64, &mut buf);
-    encode_key(1, WireType::LengthDelimited, &mut buf);
-    encode_varint(name.len() as u64, &mut buf);
-    buf.extend_from_slice(name.as_bytes());
-    for v in vhosts {
-        encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(v.encoded.len() as u64, &mut buf);
-        buf.extend_from_slice(&v.encoded);
-    }
-    // BoolValue{value: false}: the wrapper present, its value the default.
-    encode_key(7, WireType::LengthDelimited, &mut buf);
-    encode_varint(0, &mut buf);
-    bytes::Bytes::from(buf)
 }
 
 /// Kinds translation reads.
@@ -707,7 +639,10 @@ pub fn is_input(key: &ResourceKey) -> bool {
         (key.group.as_str(), key.kind.as_str()),
         ("", "Service" | "Pod" | "Node")
             | ("discovery.k8s.io", "EndpointSlice")
-            | ("networking.istio.io", "DestinationRule" | "VirtualService" | "ServiceEntry" | "WorkloadEntry")
+            | (
+                "networking.istio.io",
+                "DestinationRule" | "VirtualService" | "ServiceEntry" | "WorkloadEntry" | "Sidecar"
+            )
     )
 }
 

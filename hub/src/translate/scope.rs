@@ -60,6 +60,11 @@ pub fn workload_entries(namespace: &str) -> String {
     format!("we:{namespace}")
 }
 
+/// Sidecars of a namespace (what scopes its proxies).
+pub fn sidecars(namespace: &str) -> String {
+    format!("sidecar:{namespace}")
+}
+
 /// The target a host written in an Istio object of `namespace` aims at,
 /// independent of the domain suffix: `name.ns` for a Kubernetes service
 /// (a short name resolves in the object's namespace, istiod's
@@ -139,6 +144,7 @@ pub fn departures(key: &ResourceKey, body: &Body) -> Vec<String> {
             scopes
         }
         ("networking.istio.io", "WorkloadEntry") => vec![workload_entries(ns)],
+        ("networking.istio.io", "Sidecar") => vec![sidecars(ns)],
         ("networking.istio.io", "VirtualService") => {
             let hosts = read().and_then(|o| o.spec?.hosts).unwrap_or_default();
             hosts.iter().map(|h| routes(&host_target(ns, h))).collect()

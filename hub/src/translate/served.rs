@@ -39,6 +39,12 @@ impl Served {
         self.translator.as_ref()
     }
 
+    /// What the proxies of each Sidecar-scoped namespace see (none when
+    /// translation is off).
+    pub fn visibilities(&self) -> super::Visibilities {
+        self.translator.as_ref().map(|t| t.visibilities().clone()).unwrap_or_default()
+    }
+
     pub fn resources(&self) -> &ResourceMap {
         &self.resources
     }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::cluster::{self, cluster_name};
 use super::model::{self, Inputs, Protocol, Registry, Resolution, Service};
 use super::policy::{self, Warn};
+use super::visibility::Visible;
 use super::{TranslateConfig, listener, route, scope, service_entry};
 use crate::event::ResourceKey;
 use crate::kinds::ENVOY_GROUP;
@@ -31,11 +32,13 @@ pub struct Derived {
     /// The message, already encoded (the per-port route table is built
     /// from its virtual hosts' bytes rather than transcoded whole).
     pub encoded: Option<bytes::Bytes>,
+    /// Who sees it when a Sidecar scopes a namespace.
+    pub visible: Visible,
 }
 
 impl Derived {
-    fn new(key: ResourceKey, spec: Value, inputs: Inputs) -> Self {
-        Derived { key, spec, inputs, by_name: false, gathers: None, encoded: None }
+    pub fn new(key: ResourceKey, spec: Value, inputs: Inputs) -> Self {
+        Derived { key, spec, inputs, by_name: false, gathers: None, encoded: None, visible: Visible::All }
     }
 }
 
@@ -59,6 +62,7 @@ pub struct Built {
     pub consulted: BTreeSet<ResourceKey>,
     pub service_version: u64,
     pub host: String,
+    pub namespace: String,
     /// What was rebuilt: more than asked when endpoints live in clusters
     /// (a DNS-resolved ServiceEntry's endpoints are inline).
     pub rebuilt: Rebuild,
@@ -278,14 +282,7 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
         let eds = svc.resolution == Resolution::Endpoints;
         if eds && what.covers("ClusterLoadAssignment") {
             let cla = cluster::load_assignment(&main, &svc, p, &BTreeMap::new());
-            out.push(Derived {
-                key: key("ClusterLoadAssignment", &main),
-                spec: cla,
-                inputs: svc.endpoint_inputs.clone(),
-                by_name: false,
-                gathers: None,
-                encoded: None,
-            });
+            out.push(Derived::new(key("ClusterLoadAssignment", &main), cla, svc.endpoint_inputs.clone()));
         }
         for (subset, labels, subset_policy) in &subsets {
             let name = cluster_name(p, subset, &svc.host);
@@ -359,12 +356,8 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
         let grpc_vhost = json!({ "name": vhost_name, "domains": [format!("{}:{p}", svc.host), svc.host.clone()], "routes": grpc_routes });
         let route_config = json!({ "name": main, "virtual_hosts": [grpc_vhost] });
         out.push(Derived {
-            key: key("RouteConfiguration", &main),
-            spec: route_config,
-            inputs: inputs.clone(),
             by_name: true,
-            gathers: None,
-            encoded: None,
+            ..Derived::new(key("RouteConfiguration", &main), route_config, inputs.clone())
         });
         if !what.covers("Listener") {
             continue;
@@ -372,12 +365,8 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
         let api_name = format!("{}:{p}", svc.host);
         let api = listener::grpc_api(&api_name, &main);
         out.push(Derived {
-            key: key("Listener", &api_name),
-            spec: api,
-            inputs: svc.service_inputs.clone(),
             by_name: true,
-            gathers: None,
-            encoded: None,
+            ..Derived::new(key("Listener", &api_name), api, svc.service_inputs.clone())
         });
     }
     if let Some((k, _, _)) = &rule {
@@ -392,13 +381,16 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
         m.dedup();
     }
     let mut consulted = BTreeSet::new();
-    for d in &out {
+    let visible = Visible::Host(Arc::from(svc.host.as_str()));
+    for d in &mut out {
+        d.visible = visible.clone();
         consulted.extend(d.inputs.read.iter().cloned());
         consulted.extend(d.inputs.missing.iter().cloned());
     }
     Some(Built {
         rebuilt: what,
         host: svc.host.clone(),
+        namespace: svc.namespace.clone(),
         service_version: svc.service_inputs.version,
         ports: svc.ports.iter().map(|p| (p.port, p.protocol)).collect(),
         resources: out,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use keelson_hub::translate::visibility::{self, Visibility};
 use keelson_hub::{ResourceEntry, ResourceKey, Snapshot};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -25,6 +26,9 @@ pub struct BodyKey {
     /// The client's Istio revision, for MCP types (objects labelled for
     /// another revision are left out).
     pub revision: Option<Arc<str>>,
+    /// The namespace whose Sidecar scopes the client: its proxies share
+    /// bodies holding only what they see.
+    pub visibility: Option<Arc<str>>,
     /// Hash of the subscribed names; `None` for a wildcard subscription.
     pub subset: Option<u128>,
     /// Items carrying a TTL are wrapped in `Resource` (client advertised it).
@@ -157,12 +161,13 @@ pub fn list_hash(names: &[String]) -> u128 {
     h.digest128()
 }
 
-/// Who a selection is for: the proxy group and, for MCP types, the Istio
-/// revision of the client.
+/// Who a selection is for: the proxy group, what its namespace's Sidecar
+/// lets it see and, for MCP types, the Istio revision of the client.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Audience<'a> {
     pub group: Option<&'a str>,
     pub revision: Option<&'a str>,
+    pub visibility: Option<&'a Visibility>,
 }
 
 impl Audience<'_> {
@@ -170,7 +175,13 @@ impl Audience<'_> {
     pub fn admits(&self, ty: &ServedType, entry: &ResourceEntry) -> bool {
         entry.encoded.is_some()
             && entry.serving.serves(self.group)
+            && visibility::admits(self.visibility, &entry.serving.visible)
             && (!ty.form.is_mcp() || entry.serving.in_revision(self.revision))
+    }
+
+    /// The namespace whose scoped resources this audience gets, if any.
+    fn scoped_namespace(&self) -> Option<&str> {
+        self.visibility.filter(|v| v.restricts()).map(|v| &*v.namespace)
     }
 
     /// [`Self::admits`], for an answer to a wildcard subscription: entries
@@ -186,10 +197,21 @@ pub fn wire_name<'a>(ty: &ServedType, key: &'a ResourceKey) -> Cow<'a, str> {
     if ty.namespaced { Cow::Owned(format!("{}/{}", key.namespace, key.name)) } else { Cow::Borrowed(&key.name) }
 }
 
-/// The entry a client names, if any.
-pub fn lookup_named<'a>(snap: &'a Snapshot, ty: &ServedType, name: &str) -> Option<&'a Arc<ResourceEntry>> {
-    let (namespace, name) = if ty.namespaced { name.split_once('/')? } else { ("", name) };
-    snap.get(ty.group, ty.kind, namespace, name)
+/// The entry a client of `audience` gets under `name`, if any: for a
+/// proxy a Sidecar scopes, its namespace's own route table of that name
+/// comes first (crate::translate's scoped tables are keyed by namespace).
+pub fn lookup_named<'a>(
+    snap: &'a Snapshot,
+    ty: &ServedType,
+    audience: Audience<'_>,
+    name: &str,
+) -> Option<&'a Arc<ResourceEntry>> {
+    if ty.namespaced {
+        let (namespace, name) = name.split_once('/')?;
+        return snap.get(ty.group, ty.kind, namespace, name);
+    }
+    let scoped = audience.scoped_namespace().and_then(|ns| snap.get(ty.group, ty.kind, ns, name));
+    scoped.or_else(|| snap.get(ty.group, ty.kind, "", name)).filter(|e| audience.admits(ty, e))
 }
 
 /// The resources of `ty` an audience gets: all of them (wildcard) or the
@@ -209,7 +231,9 @@ pub fn select<'a>(
         Some(names) => names
             .iter()
             .filter_map(|n| {
-                lookup_named(snap, ty, n).filter(|e| audience.admits(ty, e)).map(|e| (Cow::Borrowed(n.as_str()), e))
+                lookup_named(snap, ty, audience, n)
+                    .filter(|e| audience.admits(ty, e))
+                    .map(|e| (Cow::Borrowed(n.as_str()), e))
             })
             .collect(),
     }

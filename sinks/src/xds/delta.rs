@@ -9,7 +9,7 @@ use keelson_hub::Snapshot;
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
-use super::cache::{Audience, item, select, wire_name};
+use super::cache::{Audience, item, lookup_named, select, wire_name};
 use super::session::{Session, Shared};
 use super::stream::Machine;
 use super::types::{self, ItemForm, ServedType, UNKNOWN_ORDER};
@@ -70,10 +70,15 @@ impl DeltaMachine {
             t.force.clear();
             return (response, removed, 0);
         };
-        let version = snap.kind_version(served.group, served.kind);
+        let visibility = self.session.visibility(snap);
+        let version = snap.scoped_kind_version(served.group, served.kind, visibility);
         response.system_version_info = version.to_string();
+        let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility };
         if t.wildcard {
-            let incremental = t.force.is_empty() && t.synced_to.is_some() && t.synced_to == snap.changes.since;
+            // A Sidecar edit since the last sync changes what the proxy
+            // sees without changing those resources: a whole diff then.
+            let seen = visibility.is_none_or(|v| Some(v.version) <= t.synced_to);
+            let incremental = seen && t.force.is_empty() && t.synced_to.is_some() && t.synced_to == snap.changes.since;
             t.synced_to = Some(snap.version);
             if !incremental {
                 shared.metrics.delta_full_diffs.inc();
@@ -81,13 +86,13 @@ impl DeltaMachine {
                 shared.metrics.delta_change_set_diffs.inc();
                 // Only the keys that changed: O(changes), not O(resources).
                 let changed = snap.changes.keys.iter().filter(|k| k.group == served.group && k.kind == served.kind);
-                let audience = Audience { group: group.as_deref(), revision: revision.as_deref() };
                 for key in changed {
                     let wire = wire_name(served, key);
                     let name = wire.as_ref();
-                    let current = snap.resources.get(key).filter(|e| {
-                        audience.admits_wildcard(served, e) || (t.names.contains(name) && audience.admits(served, e))
-                    });
+                    // What this client gets under the name (a scoped route
+                    // table and the shared one share it), not the key alone.
+                    let current = lookup_named(snap, served, audience, name)
+                        .filter(|e| !e.serving.by_name || t.names.contains(name));
                     match current {
                         Some(entry) if t.known.get(name) != Some(&entry.version) => {
                             t.known.insert(name.to_string(), entry.version);
@@ -105,7 +110,6 @@ impl DeltaMachine {
             }
         }
         let mut present = BTreeSet::new();
-        let audience = Audience { group: group.as_deref(), revision: revision.as_deref() };
         let current = select(snap, served, audience, (!t.wildcard).then_some(&t.names));
         for (name, entry) in &current {
             let (name, entry) = (name.as_ref(), *entry);
@@ -230,10 +234,12 @@ impl Machine for DeltaMachine {
     }
 
     fn on_snapshot(&mut self, snap: &Arc<Snapshot>) {
+        let visibility = self.session.visibility(snap);
         for t in self.types.values_mut() {
             let Some(served) = t.served.filter(|s| s.form != ItemForm::MeshConfig) else { continue };
+            let now = snap.scoped_kind_version(served.group, served.kind, visibility);
             match t.last {
-                Some((_, version, _)) if snap.kind_version(served.group, served.kind) != version => t.pending = true,
+                Some((_, version, _)) if now != version => t.pending = true,
                 // Nothing of this kind changed: what the client holds still
                 // matches the whole kind at this snapshot.
                 _ if !t.pending && t.synced_to.is_some() && t.synced_to == snap.changes.since => {
@@ -271,7 +277,8 @@ impl Machine for DeltaMachine {
         let url = self.types.values().filter(|t| !t.removals.is_empty()).min_by_key(|t| t.order())?.type_url.clone();
         let t = self.types.get_mut(&*url).expect("picked");
         let removed = std::mem::take(&mut t.removals);
-        let version = t.served.map_or(0, |s| snap.kind_version(s.group, s.kind));
+        let visibility = self.session.visibility(snap);
+        let version = t.served.map_or(0, |s| snap.scoped_kind_version(s.group, s.kind, visibility));
         let response = DeltaResponse {
             system_version_info: version.to_string(),
             type_url: t.type_url.clone(),

@@ -201,7 +201,8 @@ impl<R> LegacyMachine<R> {
     fn answer(&mut self, snap: &Arc<Snapshot>, shared: &Shared, name: &str) -> Option<Outbound> {
         let group: Option<Arc<str>> = self.session.group().map(Arc::from);
         let revision: Option<Arc<str>> = self.session.revision().map(Arc::from);
-        let audience = Audience { group: group.as_deref(), revision: revision.as_deref() };
+        // istiods are not scoped by Sidecars (those scope proxies).
+        let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility: None };
         let (flavor, c) = (self.flavor, self.collections.get_mut(name).expect("picked"));
         c.pending = false;
         let served = c.served;
@@ -227,6 +228,7 @@ impl<R> LegacyMachine<R> {
             // shared by every stream that needs it.
             None => {
                 let key = BodyKey {
+                    visibility: None,
                     type_url: c.name.clone(),
                     version,
                     group: group.clone(),

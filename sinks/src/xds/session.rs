@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use keelson_hub::ledger::LedgerEntry;
-use keelson_hub::{AckLedger, ProxyRecord};
+use keelson_hub::translate::visibility::Visibility;
+use keelson_hub::{AckLedger, ProxyRecord, Snapshot};
 use keelson_proto::envoy::pb::envoy::config::core::v3::Node;
 use keelson_proto::mcp::SinkNode;
 use tokio::sync::mpsc;
@@ -64,6 +65,10 @@ pub struct Peer {
     /// `ISTIO_REVISION` from the node metadata: an istiod takes only the
     /// objects of its revision (and unlabelled ones).
     pub revision: Option<Arc<str>>,
+    /// The proxy's namespace, for Sidecar scoping: `NAMESPACE` from the node
+    /// metadata, else from an Istio node id `type~ip~pod.namespace~domain`
+    /// (istiod's `ParseServiceNodeWithMetadata`).
+    pub namespace: Option<Arc<str>>,
 }
 
 /// The mesh config MCP clients get under `core/v1alpha1/MeshConfig`.
@@ -151,7 +156,11 @@ impl Session {
         record.peer = self.remote.clone();
         record.user_agent = user_agent(node);
         self.ledger = Some(shared.ledger.register(record));
-        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision });
+        let namespace = metadata_string(node, "NAMESPACE")
+            .filter(|n| !n.is_empty())
+            .or_else(|| istio_namespace(&node.id))
+            .map(Arc::from);
+        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision, namespace });
         Ok(())
     }
 
@@ -181,11 +190,17 @@ impl Session {
         record.peer = self.remote.clone();
         record.protocol = keelson_hub::ledger::Protocol::Mcp;
         self.ledger = Some(shared.ledger.register(record));
-        self.peer = Some(Peer { id, group: group.map(Arc::from), wants_ttl: false, revision });
+        self.peer = Some(Peer { id, group: group.map(Arc::from), wants_ttl: false, revision, namespace: None });
     }
 
     pub fn group(&self) -> Option<&str> {
         self.peer.as_ref().and_then(|p| p.group.as_deref())
+    }
+
+    /// What this proxy sees under its namespace's Sidecar, if one scopes it.
+    pub fn visibility<'a>(&self, snap: &'a Snapshot) -> Option<&'a Visibility> {
+        let ns = self.peer.as_ref()?.namespace.as_deref()?;
+        snap.visibility(ns).map(|v| &**v)
     }
 
     pub fn revision(&self) -> Option<&str> {
@@ -282,6 +297,14 @@ impl Session {
 /// non-empty one (adsc skips it), so the ledger would show it stale for ever.
 fn tracked(type_url: &str) -> bool {
     type_url != super::types::MESH_CONFIG
+}
+
+/// The namespace in an Istio node id, `type~ip~pod.namespace~domain`.
+fn istio_namespace(id: &str) -> Option<String> {
+    let mut parts = id.split('~');
+    let (_kind, _ip, pod, _domain) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (_, ns) = pod.split_once('.')?;
+    (!ns.is_empty() && !ns.contains('.')).then(|| ns.to_string())
 }
 
 fn metadata_string(node: &Node, field: &str) -> Option<String> {

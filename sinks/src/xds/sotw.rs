@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use keelson_hub::Snapshot;
+use keelson_hub::translate::visibility::Visibility;
 use keelson_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
@@ -113,11 +114,19 @@ impl SotwMachine {
         SotwMachine { session, types: BTreeMap::new() }
     }
 
-    fn key(&self, t: &TypeState, version: u64, retain_from: Option<u64>, changed_after: Option<u64>) -> BodyKey {
+    fn key(
+        &self,
+        t: &TypeState,
+        version: u64,
+        visibility: Option<&Visibility>,
+        retain_from: Option<u64>,
+        changed_after: Option<u64>,
+    ) -> BodyKey {
         let mcp = t.served.is_some_and(|s| s.form.is_mcp());
         BodyKey {
             type_url: t.type_url.clone(),
             version,
+            visibility: visibility.filter(|v| v.restricts()).map(|v| v.namespace.clone()),
             group: self.session.group().map(Arc::from),
             revision: if mcp { self.session.revision().map(Arc::from) } else { None },
             subset: t.subset,
@@ -132,20 +141,18 @@ impl SotwMachine {
     fn body(&self, shared: &Shared, snap: &Arc<Snapshot>, t: &TypeState, retain: Option<&Sent>) -> Arc<SotwBody> {
         let Some(served) = t.served else {
             // An unknown type is answered, empty: clients wait on an answer.
-            let key = self.key(t, 0, None, None);
+            let key = self.key(t, 0, None, None, None);
             return shared.cache.sotw_body(&key, || build_sotw(&key, &[], &[]));
         };
         if served.form == ItemForm::MeshConfig {
-            let key = self.key(t, shared.mesh_config.version, None, None);
+            let key = self.key(t, shared.mesh_config.version, None, None, None);
             return shared.cache.sotw_body(&key, || build_mesh_config(&key, &shared.mesh_config.any));
         }
-        let version = snap.kind_version(served.group, served.kind);
-        // Partial only when nothing forces a whole answer: a subscription
-        // the proxy has ACKed, no new names, no refresh owed (Envoy warms a
-        // cluster until it gets its endpoints again after CDS).
-        let changed_after = t.acked.filter(|_| !served.full_state && !t.force && retain.is_none());
-        let key = self.key(t, version, retain.map(|s| s.body.version), changed_after);
-        let audience = Audience { group: self.session.group(), revision: key.revision.as_deref() };
+        let visibility = self.session.visibility(snap);
+        let version = snap.scoped_kind_version(served.group, served.kind, visibility);
+        let changed_after = self.partial_after(snap, t, retain.is_some());
+        let key = self.key(t, version, visibility, retain.map(|s| s.body.version), changed_after);
+        let audience = Audience { group: self.session.group(), revision: key.revision.as_deref(), visibility };
         shared.cache.sotw_body(&key, || {
             let mut items = select(snap, served, audience, t.names());
             if let Some(after) = changed_after {
@@ -157,13 +164,25 @@ impl SotwMachine {
                 None => Vec::new(),
                 Some(prev) => {
                     let now: BTreeSet<&str> = items.iter().map(|(n, _)| n.as_ref()).collect();
-                    let mut old = select(&prev.snapshot, served, audience, t.names());
+                    let then = Audience { visibility: self.session.visibility(&prev.snapshot), ..audience };
+                    let mut old = select(&prev.snapshot, served, then, t.names());
                     old.retain(|(n, _)| !now.contains(n.as_ref()));
                     old
                 }
             };
             build_sotw(&key, &items, &extra)
         })
+    }
+
+    /// The ACKed version a partial answer builds on, if this one may be
+    /// partial: a type that is not full-state, a subscription the proxy has
+    /// ACKed, no new names, no refresh owed (Envoy warms a cluster until it
+    /// gets its endpoints again after CDS), and no change of what the
+    /// proxy's Sidecar lets it see since (that can reveal old resources).
+    fn partial_after(&self, snap: &Snapshot, t: &TypeState, retaining: bool) -> Option<u64> {
+        let served = t.served?;
+        let seen_since = |acked: u64| self.session.visibility(snap).is_none_or(|v| v.version <= acked);
+        t.acked.filter(|a| !served.full_state && !t.force && !retaining && seen_since(*a))
     }
 
     /// Would the current state drop names the last response held? Then,
@@ -238,7 +257,8 @@ impl Machine for SotwMachine {
         for t in self.types.values_mut() {
             if let (Some(served), Some(last)) = (t.served, &t.last)
                 && served.form != ItemForm::MeshConfig
-                && snap.kind_version(served.group, served.kind) != last.body.version
+                && snap.scoped_kind_version(served.group, served.kind, self.session.visibility(snap))
+                    != last.body.version
             {
                 t.pending = true;
             }
@@ -270,7 +290,7 @@ impl Machine for SotwMachine {
             let others_pending = self.types.values().any(|o| o.pending && o.order() > t.order());
             let retain = !final_push && others_pending && self.removes_names(shared, snap, t);
             let body = self.body(shared, snap, t, if retain { t.last.as_ref() } else { None });
-            let partial = t.acked.is_some() && !t.force && t.served.is_some_and(|s| !s.full_state);
+            let partial = self.partial_after(snap, t, retain).is_some();
             let send = match &t.last {
                 None => true, // the first request of a type is answered at once, even if empty
                 // A partial answer with nothing in it changes nothing the proxy holds.

@@ -38,6 +38,8 @@ pub struct Config {
     changed: std::collections::BTreeSet<ResourceKey>,
     published: Option<u64>,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
+    /// With translation on: the state plus derived resources, as the hub serves them.
+    served: Option<keelson_hub::translate::Served>,
 }
 
 impl Config {
@@ -49,7 +51,17 @@ impl Config {
             changed: Default::default(),
             published: None,
             tx,
+            served: None,
         };
+        (cfg, rx)
+    }
+
+    /// A config side that translates registry and Istio objects into Envoy
+    /// resources before publishing, as the hub does (`[translate]` on).
+    pub fn translated() -> (Config, watch::Receiver<Option<Arc<Snapshot>>>) {
+        let (mut cfg, rx) = Config::new();
+        let translate = keelson_hub::translate::TranslateConfig::default();
+        cfg.served = Some(keelson_hub::translate::Served::of(&cfg.state, &translate));
         (cfg, rx)
     }
 
@@ -64,8 +76,14 @@ impl Config {
         let seq = ev.seq;
         if self.state.apply(ev) != keelson_hub::Applied::Unchanged {
             let key = key.expect("resource op");
-            self.kind_versions.insert((key.group.clone(), key.kind.clone()), seq);
-            self.changed.insert(key);
+            let changed = match &mut self.served {
+                Some(served) => served.update(&self.state, &[key].into()),
+                None => [key].into(),
+            };
+            for key in changed {
+                self.kind_versions.insert((key.group.clone(), key.kind.clone()), seq);
+                self.changed.insert(key);
+            }
         }
     }
 
@@ -97,9 +115,12 @@ impl Config {
     pub fn publish(&mut self) -> Arc<Snapshot> {
         let changes = keelson_hub::ChangeSet { since: self.published, keys: std::mem::take(&mut self.changed) };
         self.published = Some(self.state.version);
-        let snap = Arc::new(
-            Snapshot::with_kind_versions(&self.state, Arc::new(self.kind_versions.clone()), 0).with_changes(changes),
-        );
+        let kind_versions = Arc::new(self.kind_versions.clone());
+        let snap = match &self.served {
+            Some(served) => Snapshot::serving(&self.state, served, kind_versions, 0),
+            None => Snapshot::with_kind_versions(&self.state, kind_versions, 0),
+        };
+        let snap = Arc::new(snap.with_changes(changes));
         self.tx.send_replace(Some(snap.clone()));
         snap
     }
@@ -354,8 +375,13 @@ impl Delta {
     }
 
     pub fn subscribe(&self, type_url: &str, names: &[&str], nonce: &str) {
+        self.subscribe_as(node("delta-1", "test"), type_url, names, nonce)
+    }
+
+    /// [`Delta::subscribe`] from the proxy `node`.
+    pub fn subscribe_as(&self, node: Option<Node>, type_url: &str, names: &[&str], nonce: &str) {
         self.send(DeltaDiscoveryRequest {
-            node: node("delta-1", "test"),
+            node,
             type_url: type_url.into(),
             resource_names_subscribe: names.iter().map(|s| s.to_string()).collect(),
             response_nonce: nonce.into(),

@@ -78,7 +78,11 @@ impl Running {
     pub async fn start_with(data: &Path, configs: Vec<KubernetesConfig>, cfg: HubConfig) -> Running {
         let store = EventStore::open(data, OpenOptions { create: true, repair: false }).unwrap();
         let sources: Vec<KubernetesSource> = configs.into_iter().map(KubernetesSource::new).collect();
-        let cfg = HubConfig { sources: sources.iter().map(|s| s.id().clone()).collect(), ..cfg };
+        // These tests count what the source wrote: translation (tested in
+        // hub/tests/translation.rs and the real-client tests) stays off, or
+        // every Service would add its derived clusters and listeners.
+        let translate = keelson_hub::translate::TranslateConfig { enabled: false, ..cfg.translate.clone() };
+        let cfg = HubConfig { sources: sources.iter().map(|s| s.id().clone()).collect(), translate, ..cfg };
         let hub = Hub::start(store.clone(), cfg, Metrics::default()).await.unwrap();
         let (stop, stop_rx) = watch::channel(false);
         let tasks = sources.into_iter().map(|s| tokio::spawn(Box::new(s).run(hub.handle(), stop_rx.clone()))).collect();
