@@ -481,5 +481,6 @@ fn serve_http(mut conn: TcpStream, body: &str, stop: &std::sync::atomic::AtomicB
     }
 }
 
+pub mod envoy;
 pub mod real;
 pub mod translate;

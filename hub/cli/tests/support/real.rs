@@ -2,6 +2,7 @@
 //! real_mcp.rs): where the installed clients live, `/debug/syncz` readers,
 //! and polling.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -157,4 +158,16 @@ static_resources:
         (!a.is_empty() && try_http(a, "/ready").is_ok()).then(|| a.to_string())
     });
     (proc, admin)
+}
+
+/// The hub's xDS responses sent so far, per type (`keelson_xds_pushes_total`).
+pub fn pushes(serve: &Serve) -> BTreeMap<String, u64> {
+    let text = super::http_text(&serve.admin, "/metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("keelson_xds_pushes_total{type=\""))
+        .filter_map(|l| {
+            let (ty, rest) = l.split_once('"')?;
+            Some((ty.to_string(), rest.trim_start_matches('}').trim().parse().ok()?))
+        })
+        .collect()
 }
