@@ -154,8 +154,12 @@ struct Run {
 
 impl Run {
     fn new() -> Self {
+        Run::with(TranslateConfig::default())
+    }
+
+    fn with(cfg: TranslateConfig) -> Self {
         let state = State::default();
-        let served = Served::of(&state, &TranslateConfig::default());
+        let served = Served::of(&state, &cfg);
         Run { state, served, seq: 0 }
     }
 
@@ -236,13 +240,22 @@ fn script() -> Vec<Op> {
 
 #[test]
 fn incremental_translation_equals_a_full_one_and_a_version_always_means_the_same_bytes() {
-    let mut run = Run::new();
+    incremental_equals_full(TranslateConfig::default());
+}
+
+#[test]
+fn the_mcp_registry_is_incremental_and_versioned_like_the_rest() {
+    incremental_equals_full(TranslateConfig { mcp_registry: true, ..TranslateConfig::default() });
+}
+
+fn incremental_equals_full(cfg: TranslateConfig) {
+    let mut run = Run::with(cfg.clone());
     let mut seen: BTreeMap<(ResourceKey, u64), Vec<u8>> = BTreeMap::new();
     let mut previous = Run::view(&run.served);
     for (step, op) in script().into_iter().enumerate() {
         let changed = run.apply(op);
         let incremental = Run::view(&run.served);
-        let full = Run::view(&Served::of(&run.state, &TranslateConfig::default()));
+        let full = Run::view(&Served::of(&run.state, &cfg));
         let differ: Vec<String> = incremental
             .keys()
             .chain(full.keys())
@@ -256,7 +269,7 @@ fn incremental_translation_equals_a_full_one_and_a_version_always_means_the_same
             })
             .collect();
         assert!(differ.is_empty(), "step {step}: incremental and full translation differ: {differ:#?}");
-        let full_scopes = Served::of(&run.state, &TranslateConfig::default()).visibilities();
+        let full_scopes = Served::of(&run.state, &cfg).visibilities();
         assert_eq!(run.served.visibilities(), full_scopes, "step {step}: visibilities differ");
         for (key, (version, bytes, _)) in &incremental {
             assert!(*version <= run.seq, "step {step}: {key} has version {version} beyond seq {}", run.seq);
@@ -571,4 +584,47 @@ fn a_sidecar_scopes_what_the_proxies_of_its_namespace_see() {
     let vis = run.served.visibilities()["default"].clone();
     assert!(!vis.restricts() && vis.version == run.seq, "{vis:?}");
     assert!(!run.served.resources().contains_key(&own), "the scoped table is gone");
+}
+
+#[test]
+fn the_mcp_registry_serves_kubernetes_services_as_service_entries_and_workload_entries() {
+    let mut run = Run::with(TranslateConfig { mcp_registry: true, ..TranslateConfig::default() });
+    for op in script().into_iter().take(6) {
+        run.apply(op);
+    }
+    run.apply(in_cluster("east", service("reviews", &[("http", 9080)])));
+    run.apply(in_cluster("east", node("n1", "za")));
+    run.apply(in_cluster("east", slice_on_node("reviews-east", "n1")));
+    run.apply(in_cluster("east", slice("reviews-east-2", "reviews", 8003, "reviews-v9", true)));
+    let r = run.served.resources();
+    let se = &r[&ResourceKey::new("networking.istio.io", "ServiceEntry", "default", "keelson-reviews")];
+    assert!(se.encoded.is_some(), "encoded for MCP like a raw ServiceEntry");
+    let spec = &se.body.to_value()["spec"];
+    assert_eq!(spec["hosts"], json!([HOST]));
+    assert_eq!(spec["ports"], json!([{ "name": "http", "number": 9080, "protocol": "HTTP" }]));
+    assert_eq!((spec["resolution"].as_str(), spec["location"].as_str()), (Some("STATIC"), Some("MESH_INTERNAL")));
+    assert_eq!(spec["workloadSelector"], json!({ "labels": { "keelson.dev/service": "reviews" } }));
+    let workloads: BTreeMap<String, Value> = r
+        .iter()
+        .filter(|(k, e)| k.kind == "WorkloadEntry" && e.origin == keelson_hub::translate::origin())
+        .map(|(k, e)| (k.name.clone(), e.body.to_value()["spec"].clone()))
+        .collect();
+    let names: Vec<&str> = workloads.keys().map(String::as_str).collect();
+    // One per (cluster, address); reviews-a's and reviews-b's endpoints share
+    // an address but not their pod's labels: two workloads.
+    assert_eq!(
+        names,
+        ["keelson-reviews-127-0-0-1", "keelson-reviews-127-0-0-1-1", "keelson-reviews-east-127-0-0-1"],
+        "{workloads:?}"
+    );
+    assert_eq!(workloads["keelson-reviews-127-0-0-1-1"]["ports"], json!({ "http": 8002 }));
+    // east's node-placed endpoint is draining (serving + terminating): not a
+    // workload; its ready one is, in the zone its slice names, the cluster
+    // as sub-zone.
+    let east = &workloads["keelson-reviews-east-127-0-0-1"];
+    assert_eq!((&east["locality"], &east["ports"]), (&json!("/z1/east"), &json!({ "http": 8003 })));
+    assert_eq!(east["labels"]["keelson.dev/service"], "reviews");
+    let local = &workloads["keelson-reviews-127-0-0-1"];
+    assert_eq!(local["labels"]["version"], "v1", "pod labels, for DestinationRule subsets");
+    assert_eq!(local["ports"], json!({ "http": 8001 }));
 }

@@ -54,6 +54,7 @@ struct TranslateFile {
     enabled: Option<bool>,
     domain_suffix: Option<String>,
     outbound_address: Option<String>,
+    mcp_registry: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +223,9 @@ fn translate_config(t: &TranslateFile) -> Result<keelson_hub::translate::Transla
     let mut cfg = keelson_hub::translate::TranslateConfig::default();
     if let Some(e) = t.enabled {
         cfg.enabled = e;
+    }
+    if let Some(m) = t.mcp_registry {
+        cfg.mcp_registry = m;
     }
     if let Some(suffix) = &t.domain_suffix {
         let valid = keelson_hub::names::check_name(keelson_hub::names::NameRule::Dns1123Subdomain, suffix).is_ok();

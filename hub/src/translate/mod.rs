@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod listener;
+pub mod mcp_registry;
 pub mod model;
 pub mod policy;
 mod ports;
@@ -64,11 +65,19 @@ pub struct TranslateConfig {
     pub domain_suffix: String,
     /// Where sidecar outbound listeners bind (no traffic capture here).
     pub outbound_address: String,
+    /// Also serve every Kubernetes service as a ServiceEntry and
+    /// WorkloadEntries, for istiods over MCP (crate::translate::mcp_registry).
+    pub mcp_registry: bool,
 }
 
 impl Default for TranslateConfig {
     fn default() -> Self {
-        TranslateConfig { enabled: true, domain_suffix: "cluster.local".into(), outbound_address: "127.0.0.1".into() }
+        TranslateConfig {
+            enabled: true,
+            domain_suffix: "cluster.local".into(),
+            outbound_address: "127.0.0.1".into(),
+            mcp_registry: false,
+        }
     }
 }
 
@@ -138,6 +147,9 @@ pub struct Translator {
     visibilities: Arc<BTreeMap<String, Arc<visibility::Visibility>>>,
     /// A unit appeared, went or changed ports since the visibilities were computed.
     shape_changed: bool,
+    /// The unit of each derived Istio object (the MCP registry's, whose
+    /// names do not carry their host).
+    registry_objects: HashMap<ResourceKey, Arc<str>>,
 }
 
 impl Translator {
@@ -159,6 +171,7 @@ impl Translator {
             sidecars: BTreeMap::new(),
             visibilities: Arc::default(),
             shape_changed: false,
+            registry_objects: HashMap::new(),
         }
     }
 
@@ -183,6 +196,10 @@ impl Translator {
     pub fn get(&self, key: &ResourceKey) -> Option<&Arc<ResourceEntry>> {
         if let Some(e) = self.aggregates.get(key) {
             return Some(e);
+        }
+        if key.group != ENVOY_GROUP {
+            let unit = self.registry_objects.get(key)?;
+            return self.units.get(&**unit)?.resources.get(key);
         }
         let host = match key.kind.as_str() {
             "Listener" => key.name.rsplit_once(':')?.0,
@@ -457,6 +474,9 @@ impl Translator {
         let mut changed = Vec::new();
         self.shape_changed |= built.as_ref().map(|b| &b.ports) != Some(&old_ports);
         let Some(built) = built else {
+            for k in old_resources.keys().filter(|k| k.group != ENVOY_GROUP) {
+                self.registry_objects.remove(k);
+            }
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
             for (p, _) in &removed {
@@ -518,6 +538,12 @@ impl Translator {
             ports.extend(old_ports.iter().chain(new_ports.iter()).map(|(p, _)| *p));
         }
         let unit_id: Arc<str> = Arc::from(unit);
+        for k in old_resources.keys().filter(|k| k.group != ENVOY_GROUP && !entries.contains_key(*k)) {
+            self.registry_objects.remove(k);
+        }
+        for k in entries.keys().filter(|k| k.group != ENVOY_GROUP) {
+            self.registry_objects.insert(k.clone(), unit_id.clone());
+        }
         for k in &consulted {
             self.consumers.entry(k.clone()).or_default().insert(unit_id.clone());
         }
@@ -593,6 +619,27 @@ impl Translator {
         if let Some(p) = prev.filter(same) {
             return Some(p.clone());
         }
+        if d.key.group != ENVOY_GROUP {
+            // An Istio object (the MCP registry): encoded as a raw one is.
+            let version = d.inputs.version;
+            let mut entry = ResourceEntry::new(
+                &d.key,
+                version,
+                body,
+                origin(),
+                String::new(),
+                String::new(),
+                std::time::UNIX_EPOCH,
+            );
+            entry.serving.visible = d.visible;
+            if entry.encoded.is_none() {
+                let blame = d.inputs.read.iter().next_back().cloned().unwrap_or(d.key.clone());
+                let m = format!("derived {} {} cannot be encoded, so it is not served", d.key.kind, d.key.name);
+                self.warn(owner, blame, vec![m], &BTreeMap::new());
+                return None;
+            }
+            return Some(Arc::new(entry));
+        }
         let info = kinds::lookup(ENVOY_GROUP, &d.key.kind).expect("derived kinds are Envoy kinds");
         // Straight from the spec built here (it names itself): the body is
         // its record, not parsed back.
@@ -654,6 +701,8 @@ fn derived_body(d: &Derived) -> Body {
     struct Metadata<'a> {
         annotations: BTreeMap<&'static str, &'static str>,
         name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        namespace: &'a str,
     }
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -675,12 +724,16 @@ fn derived_body(d: &Derived) -> Body {
     // by the service's own `outbound|…` route table.
     let derived_from =
         if d.gathers.is_none() { d.inputs.read.iter().map(ToString::to_string).collect() } else { Vec::new() };
+    let api_version = match d.key.group.as_str() {
+        ENVOY_GROUP => "xds.keelson.dev/v1",
+        _ => "networking.istio.io/v1",
+    };
     let body = Derived {
-        api_version: "xds.keelson.dev/v1",
+        api_version,
         derived_from,
         gathers: d.gathers.as_deref(),
         kind: &d.key.kind,
-        metadata: Metadata { annotations, name: &d.key.name },
+        metadata: Metadata { annotations, name: &d.key.name, namespace: &d.key.namespace },
         spec: &d.spec,
     };
     let json = serde_json::to_vec(&body).expect("a derived body always serializes");

@@ -13,7 +13,7 @@ use super::cluster::{self, cluster_name};
 use super::model::{self, Inputs, Protocol, Registry, Resolution, Service};
 use super::policy::{self, Warn};
 use super::visibility::Visible;
-use super::{TranslateConfig, listener, route, scope, service_entry};
+use super::{TranslateConfig, listener, mcp_registry, route, scope, service_entry};
 use crate::event::ResourceKey;
 use crate::kinds::ENVOY_GROUP;
 use crate::state::State;
@@ -185,7 +185,7 @@ impl Rebuild {
     pub fn covers(self, kind: &str) -> bool {
         match self {
             Rebuild::All => true,
-            Rebuild::Endpoints => kind == "ClusterLoadAssignment",
+            Rebuild::Endpoints => kind == "ClusterLoadAssignment" || kind == "WorkloadEntry",
             Rebuild::Routes => kind == "RouteConfiguration",
         }
     }
@@ -379,6 +379,10 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
     for m in warnings.values_mut() {
         m.sort();
         m.dedup();
+    }
+    if cfg.mcp_registry {
+        let objects = mcp_registry::objects(&svc);
+        out.extend(objects.into_iter().filter(|d| what.covers(&d.key.kind)));
     }
     let mut consulted = BTreeSet::new();
     let visible = Visible::Host(Arc::from(svc.host.as_str()));
