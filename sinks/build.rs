@@ -12,7 +12,7 @@ fn main() {
         Method::builder()
             .name(name)
             .route_name(route)
-            .input_type(if input.starts_with("::") { input.to_string() } else { format!("{discovery}::{input}") })
+            .input_type(if input.contains("::") { input.to_string() } else { format!("{discovery}::{input}") })
             .output_type("crate::xds::wire::Outbound")
             .codec_path(format!("crate::xds::wire::{codec}"))
             .client_streaming()
@@ -22,7 +22,12 @@ fn main() {
     let ads = Service::builder()
         .name("AggregatedDiscoveryService")
         .package("envoy.service.discovery.v3")
-        .method(method("stream_aggregated_resources", "StreamAggregatedResources", "DiscoveryRequest", "SotwCodec"))
+        .method(method(
+            "stream_aggregated_resources",
+            "StreamAggregatedResources",
+            "crate::xds::wire::SotwRequest",
+            "SotwCodec",
+        ))
         .method(method("delta_aggregated_resources", "DeltaAggregatedResources", "DeltaDiscoveryRequest", "DeltaCodec"))
         .build();
     // Legacy Galley MCP (istio.mcp.v1alpha1; src/xds/legacy.rs), same codec.

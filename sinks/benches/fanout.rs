@@ -96,9 +96,9 @@ fn server_only(n: usize) {
     for i in 0..n {
         let mut m = SotwMachine::new(Session::new("sotw", String::new()));
         for (t, sub) in subs {
-            m.on_request(request(t, sub, "", "", &format!("p{i}")), &shared).unwrap();
+            m.on_request(request(t, sub, "", "", &format!("p{i}")).into(), &shared).unwrap();
             let Some(Outbound::Sotw { body, nonce }) = m.next(&snap, &shared) else { panic!("no response") };
-            m.on_request(request(t, sub, &body.version.to_string(), &nonce.to_string(), ""), &shared).unwrap();
+            m.on_request(request(t, sub, &body.version.to_string(), &nonce.to_string(), "").into(), &shared).unwrap();
         }
         machines.push(m);
     }
@@ -139,7 +139,7 @@ fn server_only(n: usize) {
                 .collect();
             let t1 = Instant::now();
             for r in reqs {
-                m.on_request(r, &shared).unwrap();
+                m.on_request(r.into(), &shared).unwrap();
             }
             ack_time += t1.elapsed();
         }

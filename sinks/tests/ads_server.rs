@@ -239,3 +239,42 @@ async fn a_half_closed_stream_is_answered_before_it_ends() {
         assert!(end.is_none(), "then the stream ends with OK: {end:?}");
     }
 }
+
+/// The codec does not decode names a request repeats from the previous one
+/// of its type (crate::xds::wire::SotwRequest). A stale request (an older
+/// nonce) is ignored but its names are kept: the ACK that follows repeats
+/// them, undecoded, and they must still take effect.
+#[tokio::test]
+async fn names_first_sent_in_a_stale_request_count_when_the_ack_repeats_them() {
+    let (url, mut config) = start(XdsConfig { requests_per_stream_per_second: None, ..XdsConfig::default() }).await;
+    config.upsert(endpoints("a", 1)).upsert(endpoints("b", 2));
+    config.publish();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel(&url).await);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let eds = |names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+        node: node("p", "c"),
+        type_url: EDS.into(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    let mut next = async || tokio::time::timeout(WAIT, stream.next()).await.expect("in time").unwrap().unwrap();
+    tx.send(eds(&["a"], "", "")).unwrap();
+    let first = next().await;
+    assert_eq!(names(&first), ["a"]);
+    // A push the client has not seen yet when it asks for more names.
+    config.upsert(endpoints("a", 3));
+    config.publish();
+    let pushed = next().await;
+    assert_eq!(names(&pushed), ["a"]);
+    tx.send(eds(&["a", "b"], &first.version_info, &first.nonce)).unwrap(); // stale: ignored
+    tx.send(eds(&["a", "b"], &pushed.version_info, &pushed.nonce)).unwrap(); // the same names, undecoded
+    let answer = next().await;
+    assert_eq!(names(&answer), ["a", "b"], "the names of the stale request took effect with the ACK");
+}

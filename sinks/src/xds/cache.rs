@@ -150,17 +150,6 @@ pub fn subset_hash(names: &BTreeSet<String>) -> u128 {
     h.digest128()
 }
 
-/// Hash of a request's name list as sent (order matters).
-pub fn list_hash(names: &[String]) -> u128 {
-    let mut h = Xxh3::new();
-    h.update(&(names.len() as u64).to_le_bytes());
-    for n in names {
-        h.update(n.as_bytes());
-        h.update(&[0]);
-    }
-    h.digest128()
-}
-
 /// Who a selection is for: the proxy group, what its namespace's Sidecar
 /// lets it see and, for MCP types, the Istio revision of the client.
 #[derive(Clone, Copy, Debug, Default)]

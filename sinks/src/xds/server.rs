@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keelson_hub::{AckLedger, Snapshot};
-use keelson_proto::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use keelson_proto::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,6 +21,7 @@ use super::nack::{NackGate, NackLimits};
 use super::session::{GroupKey, MeshConfigItem, NackRecord, Session, Shared};
 use super::sotw::SotwMachine;
 use super::stream::{Machine, ResponseStream, StreamLimits, drive};
+use super::wire::SotwRequest;
 use crate::xds::generated::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -231,7 +232,7 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn stream_aggregated_resources(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<SotwRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         self.admit()?;
         let machine = SotwMachine::new(Session::new("sotw", remote(&request)));

@@ -7,14 +7,13 @@ use std::time::SystemTime;
 
 use keelson_hub::Snapshot;
 use keelson_hub::translate::visibility::Visibility;
-use keelson_proto::envoy::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
-use super::cache::{Audience, BodyKey, ResponseCache, build_mesh_config, build_sotw, list_hash, select, subset_hash};
+use super::cache::{Audience, BodyKey, ResponseCache, build_mesh_config, build_sotw, select, subset_hash};
 use super::session::{Session, Shared};
 use super::stream::Machine;
 use super::types::{self, ItemForm, ServedType, UNKNOWN_ORDER};
-use super::wire::{Outbound, SotwBody};
+use super::wire::{Outbound, SotwBody, SotwRequest};
 
 /// The last response of a type on this stream.
 struct Sent {
@@ -48,6 +47,10 @@ struct TypeState {
     /// The kind version of the last response the proxy ACKed, while its
     /// subscription has not changed since: the base of partial answers.
     acked: Option<u64>,
+    /// The names of a request that was not applied (a stale nonce), with
+    /// their hash: a later request saying "the same names" (the codec does
+    /// not decode them twice, crate::xds::wire::SotwRequest) means these.
+    unapplied: Option<(u128, Vec<String>)>,
 }
 
 impl TypeState {
@@ -66,6 +69,7 @@ impl TypeState {
             force: false,
             removal_owed: false,
             acked: None,
+            unapplied: None,
         }
     }
 
@@ -77,9 +81,9 @@ impl TypeState {
         (!self.wildcard).then_some(&self.names)
     }
 
-    /// Applies a request's resource_names. Returns true if anything changed.
-    fn subscribe(&mut self, resource_names: &[String], cache: &ResponseCache) -> bool {
-        let request_hash = list_hash(resource_names);
+    /// Applies a request's resource_names (`request_hash` identifies the
+    /// list). Returns true if anything changed.
+    fn subscribe(&mut self, resource_names: &[String], request_hash: u128, cache: &ResponseCache) -> bool {
         if request_hash == self.request_hash && self.last.is_some() {
             return false; // the common case: an ACK repeating the subscription
         }
@@ -217,9 +221,10 @@ impl SotwMachine {
 }
 
 impl Machine for SotwMachine {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
 
-    fn on_request(&mut self, req: DiscoveryRequest, shared: &Shared) -> Result<(), Status> {
+    fn on_request(&mut self, sotw: SotwRequest, shared: &Shared) -> Result<(), Status> {
+        let SotwRequest { request: req, names, names_hash } = sotw;
         self.session.admit(req.node.as_ref(), &req.type_url, shared)?;
         let is_new = !self.types.contains_key(&req.type_url);
         let t = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState::new(&req.type_url));
@@ -228,6 +233,9 @@ impl Machine for SotwMachine {
             // nonce is a request overtaken by a response (PROTOCOL.md §1).
             if req.response_nonce.parse() != Ok(last.nonce) {
                 shared.metrics.stale_requests.inc();
+                if let Some(names) = names {
+                    t.unapplied = Some((names_hash, names));
+                }
                 return Ok(());
             }
             let (nonce, version, published) = (last.nonce, last.body.version, last.published);
@@ -244,7 +252,14 @@ impl Machine for SotwMachine {
             }
         }
         let t = self.types.get_mut(&req.type_url).expect("inserted above");
-        if t.subscribe(&req.resource_names, &shared.cache) {
+        // Names the codec did not decode again are those of the type's
+        // previous request: applied already, or kept when it was not.
+        let unapplied = t.unapplied.take();
+        let names =
+            names.or_else(|| unapplied.filter(|(h, _)| *h == names_hash && *h != t.request_hash).map(|(_, n)| n));
+        if let Some(names) = names
+            && t.subscribe(&names, names_hash, &shared.cache)
+        {
             t.pending = true;
         }
         if is_new {

@@ -241,7 +241,12 @@ impl Sotw {
             "sotw",
             "test".into(),
         ));
-        let rx = server.open(machine, "sotw", tokio_stream::wrappers::UnboundedReceiverStream::new(req_rx));
+        // As the server's codec hands them over (every request's names decoded).
+        let requests = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(req_rx),
+            |r: Result<DiscoveryRequest, Status>| r.map(keelson_sinks::xds::wire::SotwRequest::from),
+        );
+        let rx = server.open(machine, "sotw", requests);
         Sotw { tx, rx, node }
     }
 
