@@ -60,6 +60,30 @@ pub struct Serving {
     /// What a derived resource belongs to, for proxies scoped by a Sidecar
     /// (crate::translate::visibility); raw resources are served to all.
     pub visible: crate::translate::visibility::Visible,
+    /// Which kind of client gets it: a derived cluster that proxyless gRPC
+    /// cannot take has a gRPC form of the same name (crate::translate::grpc).
+    pub clients: Clients,
+}
+
+/// The clients a resource is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clients {
+    #[default]
+    All,
+    /// Every client but proxyless gRPC, which gets its own form.
+    NotGrpc,
+    /// Proxyless gRPC only: the form of a resource it can take.
+    GrpcOnly,
+}
+
+impl Clients {
+    pub fn serves(self, grpc: bool) -> bool {
+        match self {
+            Clients::All => true,
+            Clients::NotGrpc => !grpc,
+            Clients::GrpcOnly => grpc,
+        }
+    }
 }
 
 impl Serving {
@@ -79,7 +103,7 @@ impl Serving {
             .as_ref()
             .and_then(|a| a.get(crate::translate::BY_NAME_ANNOTATION))
             .is_some_and(|v| v == "true");
-        Serving { proxy_group, ttl, revision, by_name, visible: Default::default() }
+        Serving { proxy_group, ttl, revision, by_name, visible: Default::default(), clients: Clients::All }
     }
 
     /// Does an istiod of revision `rev` take this object? Unlabelled objects

@@ -4,7 +4,9 @@
 //! from a `file:` source become the api_listener `<host>:<port>`, its
 //! RouteConfiguration `outbound|<port>||<host>` and the subset clusters
 //! (translate-spec), so `xds:///who.default.svc.cluster.local:PORT` routes
-//! each RPC: a header match always to v2, the rest 80/20 over v1/v2.
+//! each RPC: a header match always to v2, the rest 80/20 over v1/v2. The
+//! DestinationRule asks for Maglev, which gRPC rejects: the clients get the
+//! clusters' gRPC form (ring hash) under the same names, with no NACK.
 //!
 //! The clients come from `scripts/install-test-deps` (target/test-deps and
 //! hub/cli/tests/clients/node/node_modules); without them these tests fail
@@ -75,7 +77,11 @@ fn proxyless_routes_by_header_and_weight(node: &str, program: &Path, script: &Pa
         Workload { pod: "who-v2", version: "v2", port: p2, zone: "z1" },
     ];
     write_service(&config, SVC, "grpc", svc_port, &workloads);
-    write(&config, "destination-rule.yaml", &destination_rule(SVC, &host, &["v1", "v2"]));
+    // Maglev, which gRPC NACKs ("LB policy is not supported"): the clients
+    // must get the cluster's gRPC form (ring hash, translate::grpc).
+    let rule = destination_rule(SVC, &host, &["v1", "v2"])
+        + "  trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {}}}\n";
+    write(&config, "destination-rule.yaml", &rule);
     write(&config, "virtual-service.yaml", &virtual_service(SVC, &host, &routes(&host)));
     assert_validates(&[&config], 7);
     let serve: Serve = serve_files(work.path(), &[&config]);
@@ -118,6 +124,10 @@ fn proxyless_routes_by_header_and_weight(node: &str, program: &Path, script: &Pa
         "80/20 over {CALLS} RPCs: {plain:?}\n{}",
         d()
     );
+    // No NACK at all: every cluster it got was one it could take.
+    let metrics = support::http_text(&serve.admin, "/metrics");
+    let nacks: Vec<&str> = metrics.lines().filter(|l| l.starts_with("keelson_xds_nacks_total{")).collect();
+    assert!(nacks.iter().all(|l| l.ends_with(" 0")), "{nacks:?}\n{}", d());
     eprintln!("{node}: plain {plain:?}, header {header:?}; passed in {:?}", t0.elapsed());
 }
 

@@ -11,6 +11,7 @@
 //! same state gives the same bytes and versions in every process.
 
 pub mod cluster;
+pub mod grpc;
 pub mod listener;
 pub mod mcp_registry;
 pub mod model;
@@ -651,7 +652,12 @@ impl Translator {
         };
         match encoded {
             Ok(encoded) => {
-                let serving = crate::state::Serving { by_name: d.by_name, visible: d.visible, ..Default::default() };
+                let serving = crate::state::Serving {
+                    by_name: d.by_name,
+                    visible: d.visible,
+                    clients: d.clients,
+                    ..Default::default()
+                };
                 Some(Arc::new(ResourceEntry {
                     version: d.inputs.version,
                     body,

@@ -13,9 +13,10 @@ use super::cluster::{self, cluster_name};
 use super::model::{self, Inputs, Protocol, Registry, Resolution, Service};
 use super::policy::{self, Warn};
 use super::visibility::Visible;
-use super::{TranslateConfig, listener, mcp_registry, route, scope, service_entry};
+use super::{TranslateConfig, grpc, listener, mcp_registry, route, scope, service_entry};
 use crate::event::ResourceKey;
 use crate::kinds::ENVOY_GROUP;
+use crate::state::Clients;
 use crate::state::State;
 
 /// A derived resource before encoding.
@@ -34,11 +35,22 @@ pub struct Derived {
     pub encoded: Option<bytes::Bytes>,
     /// Who sees it when a Sidecar scopes a namespace.
     pub visible: Visible,
+    /// Which kind of client gets it (a cluster's gRPC form, crate::translate::grpc).
+    pub clients: Clients,
 }
 
 impl Derived {
     pub fn new(key: ResourceKey, spec: Value, inputs: Inputs) -> Self {
-        Derived { key, spec, inputs, by_name: false, gathers: None, encoded: None, visible: Visible::All }
+        Derived {
+            key,
+            spec,
+            inputs,
+            by_name: false,
+            gathers: None,
+            encoded: None,
+            visible: Visible::All,
+            clients: Clients::All,
+        }
     }
 }
 
@@ -380,6 +392,16 @@ pub fn build(state: &State, l: &Lookups<'_>, cfg: &TranslateConfig, what: Rebuil
         m.sort();
         m.dedup();
     }
+    // Clusters proxyless gRPC would reject get a form it takes, same name.
+    let mut forms = Vec::new();
+    for d in out.iter_mut().filter(|d| d.key.kind == "Cluster") {
+        if let Some(spec) = grpc::cluster_form(&d.spec) {
+            d.clients = Clients::NotGrpc;
+            let key = ResourceKey::new(ENVOY_GROUP, "Cluster", grpc::NAMESPACE, &d.key.name);
+            forms.push(Derived { clients: Clients::GrpcOnly, ..Derived::new(key, spec, d.inputs.clone()) });
+        }
+    }
+    out.extend(forms);
     if cfg.mcp_registry {
         let objects = mcp_registry::objects(&svc);
         out.extend(objects.into_iter().filter(|d| what.covers(&d.key.kind)));

@@ -29,6 +29,8 @@ pub struct BodyKey {
     /// The namespace whose Sidecar scopes the client: its proxies share
     /// bodies holding only what they see.
     pub visibility: Option<Arc<str>>,
+    /// For a proxyless gRPC client (it gets the gRPC form of some clusters).
+    pub grpc: bool,
     /// Hash of the subscribed names; `None` for a wildcard subscription.
     pub subset: Option<u128>,
     /// Items carrying a TTL are wrapped in `Resource` (client advertised it).
@@ -157,6 +159,8 @@ pub struct Audience<'a> {
     pub group: Option<&'a str>,
     pub revision: Option<&'a str>,
     pub visibility: Option<&'a Visibility>,
+    /// A proxyless gRPC client.
+    pub grpc: bool,
 }
 
 impl Audience<'_> {
@@ -165,6 +169,7 @@ impl Audience<'_> {
         entry.encoded.is_some()
             && entry.serving.serves(self.group)
             && visibility::admits(self.visibility, &entry.serving.visible)
+            && entry.serving.clients.serves(self.grpc)
             && (!ty.form.is_mcp() || entry.serving.in_revision(self.revision))
     }
 
@@ -199,8 +204,10 @@ pub fn lookup_named<'a>(
         let (namespace, name) = name.split_once('/')?;
         return snap.get(ty.group, ty.kind, namespace, name);
     }
-    let scoped = audience.scoped_namespace().and_then(|ns| snap.get(ty.group, ty.kind, ns, name));
-    scoped.or_else(|| snap.get(ty.group, ty.kind, "", name)).filter(|e| audience.admits(ty, e))
+    // gRPC forms (keelson_hub::translate::grpc) are keyed in their own namespace.
+    let grpc = audience.grpc.then(|| snap.get(ty.group, ty.kind, keelson_hub::translate::grpc::NAMESPACE, name));
+    let scoped = || audience.scoped_namespace().and_then(|ns| snap.get(ty.group, ty.kind, ns, name));
+    grpc.flatten().or_else(scoped).or_else(|| snap.get(ty.group, ty.kind, "", name)).filter(|e| audience.admits(ty, e))
 }
 
 /// The resources of `ty` an audience gets: all of them (wildcard) or the

@@ -73,7 +73,8 @@ impl DeltaMachine {
         let visibility = self.session.visibility(snap);
         let version = snap.scoped_kind_version(served.group, served.kind, visibility);
         response.system_version_info = version.to_string();
-        let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility };
+        let grpc = self.session.grpc();
+        let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility, grpc };
         if t.wildcard {
             // A Sidecar edit since the last sync changes what the proxy
             // sees without changing those resources: a whole diff then.

@@ -202,7 +202,8 @@ impl<R> LegacyMachine<R> {
         let group: Option<Arc<str>> = self.session.group().map(Arc::from);
         let revision: Option<Arc<str>> = self.session.revision().map(Arc::from);
         // istiods are not scoped by Sidecars (those scope proxies).
-        let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility: None };
+        let audience =
+            Audience { group: group.as_deref(), revision: revision.as_deref(), visibility: None, grpc: false };
         let (flavor, c) = (self.flavor, self.collections.get_mut(name).expect("picked"));
         c.pending = false;
         let served = c.served;
@@ -229,6 +230,7 @@ impl<R> LegacyMachine<R> {
             None => {
                 let key = BodyKey {
                     visibility: None,
+                    grpc: false,
                     type_url: c.name.clone(),
                     version,
                     group: group.clone(),

@@ -69,6 +69,16 @@ pub struct Peer {
     /// metadata, else from an Istio node id `type~ip~pod.namespace~domain`
     /// (istiod's `ParseServiceNodeWithMetadata`).
     pub namespace: Option<Arc<str>>,
+    /// A proxyless gRPC client (it gets the gRPC form of clusters Envoy
+    /// and gRPC take differently, keelson_hub::translate::grpc).
+    pub grpc: bool,
+}
+
+/// What only proxyless gRPC clients put in their node: the client feature
+/// of gRFC A27, or a `user_agent_name` like "gRPC Go", "gRPC C-core".
+fn is_grpc(node: &Node) -> bool {
+    node.client_features.iter().any(|f| f == "envoy.lb.does_not_support_overprovisioning")
+        || node.user_agent_name.starts_with("gRPC")
 }
 
 /// The mesh config MCP clients get under `core/v1alpha1/MeshConfig`.
@@ -160,7 +170,9 @@ impl Session {
             .filter(|n| !n.is_empty())
             .or_else(|| istio_namespace(&node.id))
             .map(Arc::from);
-        self.peer = Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision, namespace });
+        let grpc = is_grpc(node);
+        self.peer =
+            Some(Peer { id: node.id.clone(), group: group.map(Arc::from), wants_ttl, revision, namespace, grpc });
         Ok(())
     }
 
@@ -190,7 +202,8 @@ impl Session {
         record.peer = self.remote.clone();
         record.protocol = keelson_hub::ledger::Protocol::Mcp;
         self.ledger = Some(shared.ledger.register(record));
-        self.peer = Some(Peer { id, group: group.map(Arc::from), wants_ttl: false, revision, namespace: None });
+        self.peer =
+            Some(Peer { id, group: group.map(Arc::from), wants_ttl: false, revision, namespace: None, grpc: false });
     }
 
     pub fn group(&self) -> Option<&str> {
@@ -201,6 +214,10 @@ impl Session {
     pub fn visibility<'a>(&self, snap: &'a Snapshot) -> Option<&'a Visibility> {
         let ns = self.peer.as_ref()?.namespace.as_deref()?;
         snap.visibility(ns).map(|v| &**v)
+    }
+
+    pub fn grpc(&self) -> bool {
+        self.peer.as_ref().is_some_and(|p| p.grpc)
     }
 
     pub fn revision(&self) -> Option<&str> {

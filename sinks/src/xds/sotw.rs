@@ -131,6 +131,7 @@ impl SotwMachine {
             type_url: t.type_url.clone(),
             version,
             visibility: visibility.filter(|v| v.restricts()).map(|v| v.namespace.clone()),
+            grpc: self.session.grpc(),
             group: self.session.group().map(Arc::from),
             revision: if mcp { self.session.revision().map(Arc::from) } else { None },
             subset: t.subset,
@@ -156,7 +157,8 @@ impl SotwMachine {
         let version = snap.scoped_kind_version(served.group, served.kind, visibility);
         let changed_after = self.partial_after(snap, t, retain.is_some());
         let key = self.key(t, version, visibility, retain.map(|s| s.body.version), changed_after);
-        let audience = Audience { group: self.session.group(), revision: key.revision.as_deref(), visibility };
+        let audience =
+            Audience { group: self.session.group(), revision: key.revision.as_deref(), visibility, grpc: key.grpc };
         shared.cache.sotw_body(&key, || {
             let mut items = select(snap, served, audience, t.names());
             if let Some(after) = changed_after {
