@@ -145,3 +145,51 @@ fn grpc_node_proxyless_routes_by_header_and_weight() {
     let node = "sidecar~127.0.0.1~who-client-node.default~default.svc.cluster.local";
     proxyless_routes_by_header_and_weight(node, Path::new("node"), &script, &["--timeout-ms", "30000"]);
 }
+
+/// A DNS ServiceEntry (`localhost` as its endpoint): Envoy gets a
+/// STRICT_DNS cluster, which gRPC rejects; gRPC gets its LOGICAL_DNS form
+/// under the same name and resolves the name itself.
+fn proxyless_reaches_a_dns_service_entry(node: &str, program: &Path, script: &Path, timeout: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (server, port) = who_server("dns");
+    let svc_port = free_port();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: who, namespace: default}}\n\
+         spec:\n  hosts: [who.example.com]\n  resolution: DNS\n\
+         \x20 ports: [{{number: {svc_port}, name: grpc, protocol: GRPC}}]\n\
+         \x20 endpoints: [{{address: localhost, ports: {{grpc: {port}}}}}]\n"
+    );
+    write(&config, "service-entry.yaml", &entry);
+    assert_validates(&[&config], 1);
+    let serve: Serve = serve_files(work.path(), &[&config]);
+    let bootstrap = serde_json::json!({
+        "xds_servers": [{"server_uri": serve.grpc, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": {"id": node, "cluster": "test", "locality": {"zone": "z1"}},
+    })
+    .to_string();
+    let target = format!("xds:///who.example.com:{svc_port}");
+    let mut args = vec![script.to_str().unwrap(), target.as_str(), "--calls", "20"];
+    args.extend_from_slice(timeout);
+    let client = Proc::start(node, 120, program, &args, &[("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap.as_str())]);
+    let d = || format!("{}\n{}\n{}\n--- syncz: {}", client.output(), server.output(), serve_log(&serve), syncz(&serve));
+    let st = poll(&format!("{node} to finish its calls"), Duration::from_secs(100), &d, |_| client.try_status());
+    let json: Value = client.stdout().lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    assert!(st.success() && json["plain"]["dns"] == 20, "{node} exit {st}: {json}\n{}", d());
+}
+
+#[test]
+fn grpc_python_reaches_a_dns_service_entry() {
+    let script = clients_dir().join("grpc_who_client.py");
+    let node = "sidecar~127.0.0.1~who-dns-py.default~default.svc.cluster.local";
+    proxyless_reaches_a_dns_service_entry(node, &grpc_python(), &script, &["--timeout", "30"]);
+}
+
+#[test]
+fn grpc_node_reaches_a_dns_service_entry() {
+    test_dep("hub/cli/tests/clients/node/node_modules/@grpc/grpc-js-xds/package.json");
+    let script = clients_dir().join("node/who_client.js");
+    let node = "sidecar~127.0.0.1~who-dns-node.default~default.svc.cluster.local";
+    proxyless_reaches_a_dns_service_entry(node, Path::new("node"), &script, &["--timeout-ms", "30000"]);
+}

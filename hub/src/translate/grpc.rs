@@ -10,6 +10,8 @@
 //! - `lb_policy: MAGLEV` ("LB policy is not supported"): gRPC gets
 //!   RING_HASH, the other consistent hash it implements (gRFC A42), with
 //!   the route's same hash policy;
+//! - `type: STRICT_DNS` (a DNS ServiceEntry): gRPC resolves one name per
+//!   cluster, `LOGICAL_DNS` (gRFC A37), so its form keeps the first endpoint;
 //! - an UpstreamTlsContext with file paths ("no CA certs configured",
 //!   "ca_certificate_provider_instance unset"): gRPC reads certificates
 //!   only through the certificate providers of its bootstrap (gRFC A29), so
@@ -37,6 +39,19 @@ pub fn cluster_form(envoy: &Value) -> Option<Value> {
     }
     if let Some(tls) = c.pointer_mut("/transport_socket/typed_config") {
         changed |= certificate_providers(tls);
+    }
+    if c["type"] == "STRICT_DNS" {
+        // gRPC resolves one name per cluster (LOGICAL_DNS, gRFC A37): the
+        // first endpoint's, with its port.
+        c["type"] = json!("LOGICAL_DNS");
+        let first = c.pointer("/load_assignment/endpoints/0").cloned().map(|mut group| {
+            if let Some(eps) = group.get_mut("lb_endpoints").and_then(Value::as_array_mut) {
+                eps.truncate(1);
+            }
+            group
+        });
+        c["load_assignment"]["endpoints"] = json!(first.into_iter().collect::<Vec<_>>());
+        changed = true;
     }
     changed.then_some(c)
 }
