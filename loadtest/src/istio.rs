@@ -123,12 +123,16 @@ pub fn kind_of(type_url: &str) -> Option<Kind> {
         .find_map(|v| v.requested().find(|(url, _)| *url == type_url).map(|(_, k)| k))
 }
 
+/// Node metadata of string fields.
+pub fn metadata(fields: &[(&str, &str)]) -> Struct {
+    let s = |v: &str| PbValue { kind: Some(PbKind::StringValue(v.into())) };
+    Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), s(v))).collect() }
+}
+
 /// istiod's node: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (adsc
 /// `nodeID`), with the metadata istiod's config controller sets.
 pub fn node(n: u32, revision: &str) -> Node {
-    let s = |v: &str| PbValue { kind: Some(PbKind::StringValue(v.into())) };
-    let fields =
-        [("GENERATOR", s("api")), ("ISTIO_REVISION", s(revision)), ("ISTIO_VERSION", s(ISTIO_VERSION_METADATA))];
+    let fields = [("GENERATOR", "api"), ("ISTIO_REVISION", revision), ("ISTIO_VERSION", ISTIO_VERSION_METADATA)];
     let ip = n + 1;
     Node {
         id: format!(
@@ -137,7 +141,7 @@ pub fn node(n: u32, revision: &str) -> Node {
             (ip >> 8) & 255,
             ip & 255
         ),
-        metadata: Some(Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }),
+        metadata: Some(metadata(&fields)),
         ..Node::default()
     }
 }

@@ -61,6 +61,10 @@ pub struct Args {
     /// node.cluster of every simulated proxy.
     #[arg(long)]
     pub node_cluster: Option<String>,
+    /// The Kubernetes namespace the simulated proxies are in (node metadata
+    /// `NAMESPACE`, as istio-agent sets it): a Sidecar there scopes them.
+    #[arg(long)]
+    pub node_namespace: Option<String>,
     /// The hub's PID, to sample its RSS and CPU from /proc.
     #[arg(long)]
     pub hub_pid: Option<u32>,
@@ -132,6 +136,7 @@ pub struct Options {
     pub nack_rate: f64,
     pub nack_pattern: Option<String>,
     pub node_cluster: String,
+    pub node_namespace: Option<String>,
     pub hub_pid: Option<u32>,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -208,6 +213,7 @@ impl Options {
             nack_rate: a.nack_rate.or(file.nack_rate).unwrap_or(0.0),
             nack_pattern: a.nack_pattern.or(file.nack_pattern),
             node_cluster: a.node_cluster.unwrap_or_else(|| "loadtest".into()),
+            node_namespace: a.node_namespace,
             hub_pid: a.hub_pid,
             json: a.json,
             plot: a.plot,

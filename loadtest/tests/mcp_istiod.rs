@@ -124,6 +124,7 @@ fn start_istiods(target: &str, n: usize, istio: IstioVersion, revision: &str) ->
         target: target.into(),
         mode: Mode::Mcp,
         cluster: String::new(),
+        namespace: None,
         nack: NackPolicy::default(),
         events,
         stop,

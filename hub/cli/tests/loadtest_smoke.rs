@@ -29,6 +29,7 @@ fn args(serve: &Serve, token: std::path::PathBuf, mode: Mode, scenario: &str) ->
         nack_rate: None,
         nack_pattern: None,
         node_cluster: None,
+        node_namespace: None,
         hub_pid: Some(serve.child.id()),
         json: None,
         plot: None,

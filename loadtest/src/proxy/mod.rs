@@ -173,6 +173,8 @@ pub struct Fleet {
     pub target: String,
     pub mode: Mode,
     pub cluster: String,
+    /// Node metadata `NAMESPACE`, if set (Sidecar scoping).
+    pub namespace: Option<String>,
     pub nack: NackPolicy,
     pub events: mpsc::UnboundedSender<ProxyEvent>,
     pub stop: watch::Receiver<bool>,
@@ -192,6 +194,7 @@ impl Fleet {
             cluster: self.cluster.clone(),
             locality: Some(Locality { region: "lt".into(), zone: format!("z{}", id % 3), sub_zone: String::new() }),
             user_agent_name: "keelson-loadtest".into(),
+            metadata: self.namespace.as_ref().map(|ns| crate::istio::metadata(&[("NAMESPACE", ns)])),
             ..Node::default()
         }
     }
