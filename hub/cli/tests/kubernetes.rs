@@ -14,7 +14,7 @@ use std::time::Duration;
 use keelson_fake_kube::{Auth, FakeConfig, FakeKube};
 use serde_json::{Value, json};
 use support::real::*;
-use support::{Proc, Serve, keelson, workspace_root};
+use support::{Proc, Serve, keelson};
 
 const VS_URL: &str = "networking.istio.io/v1/VirtualService";
 
@@ -58,23 +58,7 @@ fn a_virtualservice_applied_in_the_cluster_reaches_istiod_with_its_seq_as_versio
     let diag = || serve_log(&serve);
     poll("the cluster's first listing", WAIT, &diag, |_| (serve.get("/readyz").0 == 200).then_some(()));
 
-    let script = clients_dir().join("mcp_istiod.py");
-    let protos = workspace_root().join("proto/proto");
-    let gen_dir = dir.path().join("gen");
-    let args = [
-        script.to_str().unwrap(),
-        "--server",
-        &serve.grpc,
-        "--proto-dir",
-        protos.to_str().unwrap(),
-        "--gen-dir",
-        gen_dir.to_str().unwrap(),
-        "--types",
-        VS_URL,
-        "--timeout",
-        "120",
-    ];
-    let client = Proc::start("istiod", PROC_SECS, &grpc_python(), &args, &[]);
+    let client = start_mcp_istiod("istiod", dir.path(), &serve.grpc, VS_URL, &[]);
     let diag = || format!("{}\n{}", client.output(), serve_log(&serve));
     poll("istiod's first VirtualService response", WAIT, &diag, |_| {
         client.stdout().contains(&format!("\"type_url\": \"{VS_URL}\"")).then_some(())

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use support::real::*;
-use support::{Proc, Serve, keelson, workspace_root};
+use support::{Proc, Serve, keelson};
 
 #[path = "real_mcp/fixtures.rs"]
 mod fixtures;
@@ -110,29 +110,11 @@ type State = BTreeMap<String, Value>;
 
 impl Istiod {
     fn start(hub: &Hub, pod: &str, version: &str, extra: &[&str]) -> Istiod {
-        let script = clients_dir().join("mcp_istiod.py");
-        let protos = workspace_root().join("proto/proto");
-        let gen_dir = hub.dir.path().join("gen");
         let istio_version = if version == "1.23" { IstioVersion::V1_23 } else { IstioVersion::V1_24 };
         let set = istio_types(istio_version);
-        let types = set.join(",");
-        let mut args = vec![
-            script.to_str().unwrap(),
-            "--server",
-            &hub.serve.grpc,
-            "--proto-dir",
-            protos.to_str().unwrap(),
-            "--gen-dir",
-            gen_dir.to_str().unwrap(),
-            "--types",
-            &types,
-            "--pod",
-            pod,
-            "--timeout",
-            "120",
-        ];
+        let mut args = vec!["--pod", pod];
         args.extend_from_slice(extra);
-        let proc = Proc::start(pod, PROC_SECS, &grpc_python(), &args, &[]);
+        let proc = start_mcp_istiod(pod, hub.dir.path(), &hub.serve.grpc, &set.join(","), &args);
         Istiod { proc, node: format!("sidecar~127.0.0.1~{pod}.istio-system~istio-system.svc.cluster.local"), set }
     }
 

@@ -63,20 +63,11 @@ fn envoy_routes_over_endpoints_of_two_kubernetes_clusters() {
     let work = tempfile::tempdir().unwrap();
     let (v1, v2) = (Backend::start("v1"), Backend::start("v2"));
     let svc_port = free_port();
-    let east = cluster(
-        &rt,
-        work.path(),
-        "east",
-        svc_port,
-        &Workload { pod: "reviews-v1", version: "v1", port: v1.port, zone: "z1" },
-    );
-    let west = cluster(
-        &rt,
-        work.path(),
-        "west",
-        svc_port,
-        &Workload { pod: "reviews-v2", version: "v2", port: v2.port, zone: "z2" },
-    );
+    let workloads = [
+        ("east", Workload { pod: "reviews-v1", version: "v1", port: v1.port, zone: "z1" }),
+        ("west", Workload { pod: "reviews-v2", version: "v2", port: v2.port, zone: "z2" }),
+    ];
+    let [east, west] = workloads.map(|(name, w)| cluster(&rt, work.path(), name, svc_port, &w));
     let routes = "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n\
                   \x20 - route: [{destination: {host: reviews, subset: v1}}]\n";
     east.store().upsert(yaml(&destination_rule(SVC, SVC, &["v1", "v2"]))).unwrap();

@@ -46,24 +46,7 @@ fn istiod_gets_the_merged_registry_as_service_entries_and_workload_entries() {
     let serve = Serve::start(&dir.path().join("data"), &["--config", toml.to_str().unwrap()]);
     serve.wait_for("/readyz", "a first snapshot", |status, _| status == 200);
 
-    let script = clients_dir().join("mcp_istiod.py");
-    let protos = workspace_root().join("proto/proto");
-    let gen_dir = dir.path().join("gen");
-    let types = format!("{SE_URL},{WE_URL}");
-    let args = [
-        script.to_str().unwrap(),
-        "--server",
-        &serve.grpc,
-        "--proto-dir",
-        protos.to_str().unwrap(),
-        "--gen-dir",
-        gen_dir.to_str().unwrap(),
-        "--types",
-        &types,
-        "--timeout",
-        "120",
-    ];
-    let client = Proc::start("istiod", PROC_SECS, &grpc_python(), &args, &[]);
+    let client = start_mcp_istiod("istiod", dir.path(), &serve.grpc, &format!("{SE_URL},{WE_URL}"), &[]);
     let diag = || format!("{}\n{}", client.output(), serve_log(&serve));
     let entries = poll("istiod's ServiceEntries", WAIT, &diag, |_| items(&client, SE_URL).filter(|i| !i.is_empty()));
     assert_eq!(names(&entries), ["default/keelson-reviews"], "{entries:?}");

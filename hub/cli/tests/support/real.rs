@@ -171,3 +171,27 @@ pub fn pushes(serve: &Serve) -> BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// The istiod-like MCP client (clients/mcp_istiod.py, see real_mcp.rs)
+/// against `server`, subscribed to `types` (comma-separated type URLs),
+/// generating its stubs under `work/gen`; `extra` arguments after.
+pub fn start_mcp_istiod(name: &str, work: &Path, server: &str, types: &str, extra: &[&str]) -> Proc {
+    let script = clients_dir().join("mcp_istiod.py");
+    let protos = workspace_root().join("proto/proto");
+    let gen_dir = work.join("gen");
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "--server",
+        server,
+        "--proto-dir",
+        protos.to_str().unwrap(),
+        "--gen-dir",
+        gen_dir.to_str().unwrap(),
+        "--types",
+        types,
+        "--timeout",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(name, PROC_SECS, &grpc_python(), &args, &[])
+}
