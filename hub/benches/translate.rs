@@ -1,7 +1,9 @@
 //! Translation cost at the issue's scale: 10,000 services × 2 ports × 10
 //! endpoints, 2,000 VirtualServices, 2,000 DestinationRules with 2 subsets.
 //! `cargo bench -p keelson-hub --bench translate` prints a markdown table
-//! (recorded in docs/benchmarks.md, "Translation").
+//! (recorded in docs/benchmarks.md, "Translation"). With
+//! `KEELSON_BENCH_SIDECARS=1` every one of the 50 namespaces also has a
+//! Sidecar importing `./*` (what Sidecar scoping costs translation).
 
 use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
@@ -83,6 +85,13 @@ fn routes(i: usize, v1: u32) -> Op {
     )
 }
 
+fn sidecar(n: usize) -> Op {
+    op(
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": { "name": "default", "namespace": format!("ns-{n}") },
+        "spec": { "egress": [{ "hosts": ["./*"] }] } }),
+    )
+}
+
 struct Fold {
     state: State,
     seq: u64,
@@ -123,6 +132,11 @@ fn main() {
     for i in 0..routed {
         fold.apply(rule(i));
         fold.apply(routes(i, 80));
+    }
+    if std::env::var("KEELSON_BENCH_SIDECARS").is_ok_and(|v| v == "1") {
+        for n in 0..50 {
+            fold.apply(sidecar(n));
+        }
     }
     let objects = fold.state.resources.len();
     let before = rss_bytes();

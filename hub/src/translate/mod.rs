@@ -151,6 +151,9 @@ pub struct Translator {
     /// The unit of each derived Istio object (the MCP registry's, whose
     /// names do not carry their host).
     registry_objects: HashMap<ResourceKey, Arc<str>>,
+    /// Per port rebuilt in this update, the hosts whose virtual host
+    /// changed (`None`: its membership did), for the scoped tables.
+    port_changes: BTreeMap<u32, Option<BTreeSet<Arc<str>>>>,
 }
 
 impl Translator {
@@ -173,6 +176,7 @@ impl Translator {
             visibilities: Arc::default(),
             shape_changed: false,
             registry_objects: HashMap::new(),
+            port_changes: BTreeMap::new(),
         }
     }
 
@@ -282,6 +286,7 @@ impl Translator {
             out.extend(self.rebuild_port(state, *port));
         }
         out.extend(self.rescope(state, &scoped, &ports));
+        self.port_changes.clear();
         out
     }
 
@@ -480,6 +485,9 @@ impl Translator {
             }
             changed.extend(old_resources.into_keys());
             ports.extend(old_ports.iter().map(|(p, _)| *p));
+            for (p, _) in &old_ports {
+                self.port_changes.insert(*p, None);
+            }
             for (p, _) in &removed {
                 self.ports.entry(*p).or_default().gathered = None;
             }
@@ -537,6 +545,17 @@ impl Translator {
         // them: rebuilt when either moved, not for an endpoint change.
         if old_ports != new_ports || old_vhosts != vhosts || old_service_version != Some(service_version) {
             ports.extend(old_ports.iter().chain(new_ports.iter()).map(|(p, _)| *p));
+            // What the scoped tables of those ports must follow: only this
+            // host's virtual host, unless the port's membership moved.
+            let membership = old_ports != new_ports || old_service_version != Some(service_version);
+            for (p, _) in old_ports.iter().chain(new_ports.iter()) {
+                let change = self.port_changes.entry(*p).or_insert_with(|| Some(BTreeSet::new()));
+                match change {
+                    Some(_) if membership => *change = None,
+                    Some(hosts) if old_vhosts.get(p) != vhosts.get(p) => drop(hosts.insert(Arc::from(host.as_str()))),
+                    _ => {}
+                }
+            }
         }
         let unit_id: Arc<str> = Arc::from(unit);
         for k in old_resources.keys().filter(|k| k.group != ENVOY_GROUP && !entries.contains_key(*k)) {

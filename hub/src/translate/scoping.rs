@@ -36,11 +36,16 @@ impl Translator {
             sidecar_namespaces.clone()
         };
         self.shape_changed = false;
-        let hosts: BTreeMap<Arc<str>, (String, Vec<u32>)> = self
-            .units
-            .values()
-            .map(|u| (u.host.clone(), (u.namespace.clone(), u.ports.iter().map(|(p, _)| *p).collect())))
-            .collect();
+        // Every host with its namespace and ports, only when a visibility
+        // is recomputed (an endpoint or route change needs none).
+        let hosts: BTreeMap<Arc<str>, (String, Vec<u32>)> = match namespaces.is_empty() {
+            true => BTreeMap::new(),
+            false => self
+                .units
+                .values()
+                .map(|u| (u.host.clone(), (u.namespace.clone(), u.ports.iter().map(|(p, _)| *p).collect())))
+                .collect(),
+        };
         let mut moved = BTreeSet::new();
         for ns in namespaces {
             let owner = format!("Sidecar {ns}");
@@ -76,7 +81,14 @@ impl Translator {
             let wanted: BTreeSet<u32> = if all_ports {
                 held.iter().copied().chain(vis.ports.iter().copied()).collect()
             } else {
-                ports.iter().copied().filter(|p| held.contains(p) || vis.ports.contains(p)).collect()
+                // A port whose change touched only hosts this namespace does
+                // not see leaves its table as it is.
+                let touched = |p: &u32| match self.port_changes.get(p) {
+                    Some(Some(hosts)) => vis.hosts.as_ref().is_none_or(|seen| hosts.iter().any(|h| seen.contains(h))),
+                    _ => true,
+                };
+                let held_or_seen = |p: &u32| held.contains(p) || vis.ports.contains(p);
+                ports.iter().copied().filter(|p| held_or_seen(p) && (!held.contains(p) || touched(p))).collect()
             };
             for port in wanted {
                 changed.extend(self.rebuild_variant(state, vis, port));
@@ -108,23 +120,22 @@ impl Translator {
         let key = variant_key(&vis.namespace, port);
         let shared = ResourceKey::new(ENVOY_GROUP, "RouteConfiguration", "", &port.to_string());
         let members = self.ports.get(&port);
-        let sees = |name: &str| {
-            let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
-            vis.hosts.as_ref().is_some_and(|hosts| hosts.contains(host))
-        };
         let wanted = vis.restricts() && vis.ports.contains(&port) && self.aggregates.contains_key(&shared);
-        let Some(members) = members.filter(|_| wanted) else {
+        let (Some(members), Some(hosts)) = (members.filter(|_| wanted), vis.hosts.as_ref()) else {
             return self.aggregates.remove(&key).map(|_| key);
         };
-        let vhosts: Vec<&VirtualHost> = members.vhosts.values().filter(|v| sees(&v.name)).map(|v| &**v).collect();
+        // Looked up from the hosts it sees (a namespace's few), not filtered
+        // from every virtual host on the port: a route change on a port of
+        // 10,000 services rebuilds every scoped namespace's table.
+        let mut names: Vec<String> = hosts.iter().map(|h| format!("{h}:{port}")).collect();
+        names.sort_unstable();
+        let vhosts: Vec<&VirtualHost> =
+            names.iter().filter_map(|n| members.vhosts.get(n.as_str())).map(|v| &**v).collect();
+        // Its bytes are its virtual hosts' (each versioned by its service's
+        // and routes' inputs), the port's membership and the visibility.
         let mut inputs = Inputs::default();
         inputs.scope(state, &scope::service_port(port));
         inputs.version = inputs.version.max(vis.version);
-        for (version, _, host) in members.services.values() {
-            if sees(host) {
-                inputs.version = inputs.version.max(*version);
-            }
-        }
         for v in &vhosts {
             inputs.version = inputs.version.max(v.version);
         }
