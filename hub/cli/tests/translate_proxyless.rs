@@ -31,21 +31,6 @@ const CALLS: u32 = 500;
 const V1_RANGE: std::ops::RangeInclusive<u64> = 360..=440;
 const HEADER_CALLS: u32 = 50;
 
-/// A who server (clients/grpc_who_server.py) answering `name`; (process, port).
-fn who_server(name: &str) -> (Proc, u16) {
-    let script = clients_dir().join("grpc_who_server.py");
-    let p = Proc::start(
-        &format!("who server {name}"),
-        PROC_SECS,
-        &grpc_python(),
-        &[script.to_str().unwrap(), "--name", name],
-        &[],
-    );
-    let line = p.wait_stdout_line("listening 127.0.0.1:", WAIT);
-    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-    (p, port)
-}
-
 /// Istio's proxyless examples name hosts by FQDN (the Envoy test uses
 /// bookinfo's short names).
 fn routes(host: &str) -> String {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Serve, keelson};
+use super::real::{PROC_SECS, WAIT, clients_dir, grpc_python};
+use super::{Proc, Serve, keelson};
 
 pub const NS: &str = "default";
 
@@ -386,4 +387,19 @@ fn flaky_conn(conn: TcpStream, body: &str, count: &AtomicU64, stop: &AtomicBool)
             return;
         }
     }
+}
+
+/// A who server (clients/grpc_who_server.py) answering `name`; (process, port).
+pub fn who_server(name: &str) -> (Proc, u16) {
+    let script = clients_dir().join("grpc_who_server.py");
+    let p = Proc::start(
+        &format!("who server {name}"),
+        PROC_SECS,
+        &grpc_python(),
+        &[script.to_str().unwrap(), "--name", name],
+        &[],
+    );
+    let line = p.wait_stdout_line("listening 127.0.0.1:", WAIT);
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    (p, port)
 }
