@@ -562,3 +562,44 @@ async fn delta_wildcard_diffs_change_sets_and_recovers_from_skipped_snapshots() 
     assert!(!upserts.contains("a"), "a never changed: {upserts:?}");
     d.silent(QUIET).await;
 }
+
+/// Named Delta subscriptions (Envoy's EDS: 1,500 names at 1,000 services)
+/// diff only the snapshot's change set, as wildcard ones do: a change to a
+/// subscribed name is pushed alone, one to an unsubscribed name is not
+/// pushed at all, a deleted one is removed, and new names get a whole diff.
+#[tokio::test]
+async fn delta_named_subscriptions_diff_change_sets() {
+    let (mut cfg, rx) = Config::new();
+    cfg.upsert(endpoints("a", 1)).upsert(endpoints("b", 2)).upsert(endpoints("c", 3));
+    cfg.publish();
+    let (server, _, _) = server(rx, XdsConfig::default());
+    let mut d = Delta::open(&server);
+    d.subscribe(EDS, &["a", "b"], "");
+    let r = d.recv().await;
+    let mut names: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    d.subscribe(EDS, &[], &r.nonce);
+    let metrics = &server.shared().metrics;
+    let (sets0, full0) = (metrics.delta_change_set_diffs.get(), metrics.delta_full_diffs.get());
+    cfg.upsert(endpoints("c", 30));
+    cfg.publish();
+    d.silent(std::time::Duration::from_millis(200)).await;
+    cfg.upsert(endpoints("a", 10));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    d.subscribe(EDS, &[], &r.nonce);
+    cfg.delete_key(keelson_hub::ResourceKey::new("xds.keelson.dev", "ClusterLoadAssignment", "", "b"));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!((r.resources.len(), r.removed_resources.clone()), (0, vec!["b".to_string()]));
+    d.subscribe(EDS, &[], &r.nonce);
+    assert_eq!(metrics.delta_full_diffs.get(), full0, "no whole diff for those three snapshots");
+    assert!(metrics.delta_change_set_diffs.get() >= sets0 + 2, "they used their change sets");
+    // A newly subscribed name is answered from a whole diff.
+    d.subscribe(EDS, &["c"], "");
+    let r = d.recv().await;
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(metrics.delta_full_diffs.get(), full0 + 1);
+}

@@ -75,40 +75,43 @@ impl DeltaMachine {
         response.system_version_info = version.to_string();
         let grpc = self.session.grpc();
         let audience = Audience { group: group.as_deref(), revision: revision.as_deref(), visibility, grpc };
-        if t.wildcard {
-            // A Sidecar edit since the last sync changes what the proxy
-            // sees without changing those resources: a whole diff then.
-            let seen = visibility.is_none_or(|v| Some(v.version) <= t.synced_to);
-            let incremental = seen && t.force.is_empty() && t.synced_to.is_some() && t.synced_to == snap.changes.since;
-            t.synced_to = Some(snap.version);
-            if !incremental {
-                shared.metrics.delta_full_diffs.inc();
-            } else {
-                shared.metrics.delta_change_set_diffs.inc();
-                // Only the keys that changed: O(changes), not O(resources).
-                let changed = snap.changes.keys.iter().filter(|k| k.group == served.group && k.kind == served.kind);
-                for key in changed {
-                    let wire = wire_name(served, key);
-                    let name = wire.as_ref();
-                    // What this client gets under the name (a scoped route
-                    // table and the shared one share it), not the key alone.
-                    let current = lookup_named(snap, served, audience, name)
-                        .filter(|e| !e.serving.by_name || t.names.contains(name));
-                    match current {
-                        Some(entry) if t.known.get(name) != Some(&entry.version) => {
-                            t.known.insert(name.to_string(), entry.version);
-                            response.resources.push(item(name, entry));
-                        }
-                        Some(_) => {}
-                        None => {
-                            if t.known.remove(name).is_some() {
-                                removed.push(Arc::from(name));
-                            }
+        // A Sidecar edit since the last sync changes what the proxy sees
+        // without changing those resources: a whole diff then. So do names
+        // subscribed since (in `force`) and a snapshot this stream skipped.
+        let seen = visibility.is_none_or(|v| Some(v.version) <= t.synced_to);
+        let incremental = seen && t.force.is_empty() && t.synced_to.is_some() && t.synced_to == snap.changes.since;
+        t.synced_to = Some(snap.version);
+        if !incremental {
+            shared.metrics.delta_full_diffs.inc();
+        } else {
+            shared.metrics.delta_change_set_diffs.inc();
+            // Only the keys that changed: O(changes), not O(resources) for
+            // a wildcard nor O(names) for 1,500 named ClusterLoadAssignments.
+            let changed = snap.changes.keys.iter().filter(|k| k.group == served.group && k.kind == served.kind);
+            for key in changed {
+                let wire = wire_name(served, key);
+                let name = wire.as_ref();
+                let subscribed = t.names.contains(name);
+                if !t.wildcard && !subscribed {
+                    continue;
+                }
+                // What this client gets under the name (a scoped route
+                // table and the shared one share it), not the key alone.
+                let current = lookup_named(snap, served, audience, name).filter(|e| !e.serving.by_name || subscribed);
+                match current {
+                    Some(entry) if t.known.get(name) != Some(&entry.version) => {
+                        t.known.insert(name.to_string(), entry.version);
+                        response.resources.push(item(name, entry));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if t.known.remove(name).is_some() {
+                            removed.push(Arc::from(name));
                         }
                     }
                 }
-                return (response, removed, version);
             }
+            return (response, removed, version);
         }
         let mut present = BTreeSet::new();
         let current = select(snap, served, audience, (!t.wildcard).then_some(&t.names));
