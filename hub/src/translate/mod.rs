@@ -11,7 +11,9 @@
 //! same state gives the same bytes and versions in every process.
 
 pub mod cluster;
+mod encode;
 pub mod grpc;
+mod index;
 pub mod listener;
 pub mod mcp_registry;
 pub mod model;
@@ -28,12 +30,12 @@ pub mod visibility;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::event::{Body, ResourceKey, SourceId, SourceKind};
-use crate::kinds::{self, ENVOY_GROUP};
+use crate::event::{ResourceKey, SourceId, SourceKind};
+use crate::kinds::ENVOY_GROUP;
 use crate::state::{ResourceEntry, State};
 pub use model::Inputs;
 pub use served::Served;
-use unit::{Built, Derived, Rebuild};
+use unit::{Built, Rebuild};
 
 /// What the proxies of each Sidecar-scoped namespace see, by namespace.
 pub type Visibilities = Arc<BTreeMap<String, Arc<visibility::Visibility>>>;
@@ -290,133 +292,6 @@ impl Translator {
         out
     }
 
-    /// Updates the indexes for one changed input; marks the units it aims at.
-    fn reindex(&mut self, state: &State, key: &ResourceKey, dirty: &mut Dirty) {
-        let entry = state.resources.get(key);
-        match (key.group.as_str(), key.kind.as_str()) {
-            ("", "Service") => {
-                mark(dirty, format!("{}/{}", key.namespace, key.name), Rebuild::All);
-                let names = self.names.entry(key.name.clone()).or_default();
-                let before = names.len();
-                match model::every_cluster(state, "", "Service", &key.namespace, &key.name).count() {
-                    0 => names.remove(&key.namespace),
-                    n => names.insert(key.namespace.clone(), n),
-                };
-                if names.len() != before {
-                    // Bare domains of every namespace's service of this name change.
-                    for ns in names.keys() {
-                        mark(dirty, format!("{ns}/{}", key.name), Rebuild::Routes);
-                    }
-                }
-                if names.is_empty() {
-                    self.names.remove(&key.name);
-                }
-            }
-            ("discovery.k8s.io", "EndpointSlice") => {
-                if let Some(old) = self.slice_owner.remove(key) {
-                    if let Some(set) = self.slices_of.get_mut(&old) {
-                        set.remove(key);
-                    }
-                    mark(dirty, old, Rebuild::Endpoints);
-                }
-                let owner = entry.and_then(|e| {
-                    let v = e.body.to_value();
-                    v.pointer("/metadata/labels")?.get(scope::SERVICE_NAME_LABEL)?.as_str().map(str::to_string)
-                });
-                if let Some(svc) = owner {
-                    let unit = format!("{}/{svc}", key.namespace);
-                    self.slices_of.entry(unit.clone()).or_default().insert(key.clone());
-                    self.slice_owner.insert(key.clone(), unit.clone());
-                    mark(dirty, unit, Rebuild::Endpoints);
-                }
-            }
-            ("networking.istio.io", "ServiceEntry") => {
-                let owner = format!("ServiceEntry {key}");
-                let known = self.warnings.remove(&owner).unwrap_or_default();
-                for host in self.entry_hosts.remove(key).unwrap_or_default() {
-                    if let Some(set) = self.declarers.get_mut(&host) {
-                        set.remove(key);
-                        if set.is_empty() {
-                            self.declarers.remove(&host);
-                        }
-                    }
-                    mark(dirty, host, Rebuild::All);
-                }
-                let Some(e) = entry else { return };
-                let mut hosts = Vec::new();
-                let mut refusals = Vec::new();
-                for host in service_entry::hosts(&e.body.to_value()) {
-                    match service_entry::refused(&host, &self.cfg) {
-                        Some(why) => refusals.push(why),
-                        None if !hosts.contains(&host) => hosts.push(host),
-                        None => {}
-                    }
-                }
-                if !refusals.is_empty() {
-                    self.warn(&owner, key.clone(), refusals, &known);
-                }
-                for host in &hosts {
-                    self.declarers.entry(host.clone()).or_default().insert(key.clone());
-                    mark(dirty, host.clone(), Rebuild::All);
-                }
-                self.entry_hosts.insert(key.clone(), hosts);
-            }
-            ("networking.istio.io", "WorkloadEntry") => {
-                // A workload can join any selector of its namespace's entries.
-                let start = ResourceKey::new(service_entry::GROUP, "ServiceEntry", &key.namespace, "");
-                let end = ResourceKey::new(service_entry::GROUP, "ServiceEntry", &format!("{}\0", key.namespace), "");
-                for (se, _) in state.resources.range(start..end) {
-                    for host in self.entry_hosts.get(se).into_iter().flatten() {
-                        mark(dirty, host.clone(), Rebuild::Endpoints);
-                    }
-                }
-            }
-            ("networking.istio.io", "DestinationRule" | "VirtualService") => {
-                for aim in self.aims_of.remove(key).unwrap_or_default() {
-                    if let Some(set) = self.aimed.get_mut(&aim) {
-                        set.remove(key);
-                    }
-                    self.mark_aim(key, &aim, dirty);
-                }
-                if let Some(e) = entry {
-                    let aims = scope::departures(key, &e.body);
-                    for aim in &aims {
-                        self.aimed.entry(aim.clone()).or_default().insert(key.clone());
-                        self.mark_aim(key, aim, dirty);
-                    }
-                    self.aims_of.insert(key.clone(), aims);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Marks the units an aim (`dr:name.ns`, `vs:*`) reaches.
-    fn mark_aim(&self, key: &ResourceKey, aim: &str, dirty: &mut Dirty) {
-        let target = aim.split_once(':').map_or("", |(_, t)| t);
-        let what = extent(key, "");
-        if target == "*" {
-            for u in self.units.keys() {
-                mark(dirty, u.clone(), what);
-            }
-            for (n, nss) in &self.names {
-                for ns in nss.keys() {
-                    mark(dirty, format!("{ns}/{n}"), what);
-                }
-            }
-            for host in self.declarers.keys() {
-                mark(dirty, host.clone(), what);
-            }
-            return;
-        }
-        if let Some((name, ns)) = target.split_once('.').filter(|(_, ns)| !ns.contains('.')) {
-            mark(dirty, format!("{ns}/{name}"), what);
-        }
-        if self.declarers.contains_key(target) {
-            mark(dirty, target.to_string(), what);
-        }
-    }
-
     /// The candidates of `prefix` (`dr`, `vs`) for a unit's target.
     fn aimed_at(&self, prefix: &str, target: &str) -> BTreeSet<ResourceKey> {
         [format!("{prefix}:{target}"), format!("{prefix}:*")]
@@ -627,82 +502,6 @@ impl Translator {
         }
         self.warnings.entry(owner.to_string()).or_default().insert(key, messages);
     }
-
-    /// Encodes a derived resource, reusing `prev` when nothing changed.
-    fn encode(&mut self, owner: &str, d: Derived, prev: Option<&Arc<ResourceEntry>>) -> Option<Arc<ResourceEntry>> {
-        let body = derived_body(&d);
-        let same = |p: &&Arc<ResourceEntry>| {
-            p.version == d.inputs.version
-                && p.body.hash() == body.hash()
-                && d.encoded.as_ref().is_none_or(|e| p.encoded.as_ref() == Some(e))
-        };
-        if let Some(p) = prev.filter(same) {
-            return Some(p.clone());
-        }
-        if d.key.group != ENVOY_GROUP {
-            // An Istio object (the MCP registry): encoded as a raw one is.
-            let version = d.inputs.version;
-            let mut entry = ResourceEntry::new(
-                &d.key,
-                version,
-                body,
-                origin(),
-                String::new(),
-                String::new(),
-                std::time::UNIX_EPOCH,
-            );
-            entry.serving.visible = d.visible;
-            if entry.encoded.is_none() {
-                let blame = d.inputs.read.iter().next_back().cloned().unwrap_or(d.key.clone());
-                let m = format!("derived {} {} cannot be encoded, so it is not served", d.key.kind, d.key.name);
-                self.warn(owner, blame, vec![m], &BTreeMap::new());
-                return None;
-            }
-            return Some(Arc::new(entry));
-        }
-        let info = kinds::lookup(ENVOY_GROUP, &d.key.kind).expect("derived kinds are Envoy kinds");
-        // Straight from the spec built here (it names itself): the body is
-        // its record, not parsed back.
-        let encoded = match d.encoded.clone() {
-            Some(bytes) => Ok(bytes),
-            None => crate::transcode::encode_json(info.message().expect("an Envoy kind"), &d.spec)
-                .map(|value| crate::transcode::encode_any(&info.type_url().expect("an Envoy kind"), &value))
-                .map_err(|e| e.to_string()),
-        };
-        match encoded {
-            Ok(encoded) => {
-                let serving = crate::state::Serving {
-                    by_name: d.by_name,
-                    visible: d.visible,
-                    clients: d.clients,
-                    ..Default::default()
-                };
-                Some(Arc::new(ResourceEntry {
-                    version: d.inputs.version,
-                    body,
-                    origin: origin(),
-                    source_version: String::new(),
-                    location: String::new(),
-                    encoded: Some(encoded),
-                    created_at: std::time::UNIX_EPOCH,
-                    serving,
-                }))
-            }
-            Err(error) => {
-                let blame = d.inputs.read.iter().next_back().cloned().unwrap_or(d.key.clone());
-                self.warn(
-                    owner,
-                    blame,
-                    vec![format!(
-                        "derived {} {} cannot be encoded, so it is not served: {error}",
-                        d.key.kind, d.key.name
-                    )],
-                    &BTreeMap::new(),
-                );
-                None
-            }
-        }
-    }
 }
 
 /// Kinds translation reads.
@@ -716,51 +515,4 @@ pub fn is_input(key: &ResourceKey) -> bool {
                 "DestinationRule" | "VirtualService" | "ServiceEntry" | "WorkloadEntry" | "Sidecar"
             )
     )
-}
-
-/// The body of a derived resource: an `xds.keelson.dev/v1` object like a
-/// raw one, marked derived, naming its inputs. Serialized from borrowed
-/// parts, fields in the sorted order the canonical form has (`Body`).
-fn derived_body(d: &Derived) -> Body {
-    #[derive(serde::Serialize)]
-    struct Metadata<'a> {
-        annotations: BTreeMap<&'static str, &'static str>,
-        name: &'a str,
-        #[serde(skip_serializing_if = "str::is_empty")]
-        namespace: &'a str,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Derived<'a> {
-        api_version: &'static str,
-        derived_from: Vec<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        gathers: Option<&'a serde_json::value::RawValue>,
-        kind: &'a str,
-        metadata: Metadata<'a>,
-        spec: &'a serde_json::Value,
-    }
-    let mut annotations = BTreeMap::from([(DERIVED_ANNOTATION, "true")]);
-    if d.by_name {
-        annotations.insert(BY_NAME_ANNOTATION, "true");
-    }
-    // A port's table gathers the virtual hosts of every service on it:
-    // named here (each comes from its service's inputs), its routes shown
-    // by the service's own `outbound|…` route table.
-    let derived_from =
-        if d.gathers.is_none() { d.inputs.read.iter().map(ToString::to_string).collect() } else { Vec::new() };
-    let api_version = match d.key.group.as_str() {
-        ENVOY_GROUP => "xds.keelson.dev/v1",
-        _ => "networking.istio.io/v1",
-    };
-    let body = Derived {
-        api_version,
-        derived_from,
-        gathers: d.gathers.as_deref(),
-        kind: &d.key.kind,
-        metadata: Metadata { annotations, name: &d.key.name, namespace: &d.key.namespace },
-        spec: &d.spec,
-    };
-    let json = serde_json::to_vec(&body).expect("a derived body always serializes");
-    Body::from_canonical(bytes::Bytes::from(json))
 }

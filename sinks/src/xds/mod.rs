@@ -6,6 +6,7 @@
 //! * [`stream`]: the one loop that runs either machine.
 //! * [`cache`]: serialized-once response bodies.
 //! * [`wire`]: the codec writing shared bytes.
+//! * [`request`]: reading SotW requests (a repeated subscription is not decoded again).
 //! * [`session`]: node identity, ACK/NACK bookkeeping.
 //! * [`nack`]: which NACKs reach the log (dedupe, truncation, rate limits).
 //! * [`conn`]: accepted connections: cap and handshake deadline.
@@ -17,6 +18,7 @@ pub mod delta;
 pub mod legacy;
 pub mod metrics;
 pub mod nack;
+pub mod request;
 pub mod server;
 pub mod session;
 pub mod sotw;
