@@ -363,3 +363,27 @@ async fn a_delta_client_gets_the_same_items_and_removals_by_ns_name() {
     assert_eq!(r.removed_resources, ["a/one"]);
     assert!(r.resources.is_empty());
 }
+
+/// A Delta istiod of one revision, after its first answer, diffs change
+/// sets: a changed object of another revision must still be left out (the
+/// change-set path filters by revision as the whole diff does).
+#[tokio::test]
+async fn a_delta_client_of_a_revision_is_not_sent_another_revisions_changes() {
+    let (mut cfg, rx) = Config::new();
+    cfg.upsert(virtual_service("a", "shared", "shared"));
+    cfg.publish();
+    let (server, _ledger, _nacks) = server(rx, XdsConfig::default());
+    const VS: &str = "networking.istio.io/v1/VirtualService";
+    let mut d = Delta::open(&server);
+    d.subscribe_as(istiod(0, "stable"), VS, &["*"], "");
+    let r = d.recv().await;
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["a/shared"]);
+    d.subscribe_as(None, VS, &[], &r.nonce);
+    cfg.upsert(with_meta(virtual_service("a", "canary-only", "c"), "labels", "istio.io/rev", "canary"));
+    cfg.publish();
+    d.silent(std::time::Duration::from_millis(300)).await;
+    cfg.upsert(with_meta(virtual_service("a", "stable-only", "s"), "labels", "istio.io/rev", "stable"));
+    cfg.publish();
+    let r = d.recv().await;
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["a/stable-only"]);
+}

@@ -191,7 +191,7 @@ pub fn wire_name<'a>(ty: &ServedType, key: &'a ResourceKey) -> Cow<'a, str> {
     if ty.namespaced { Cow::Owned(format!("{}/{}", key.namespace, key.name)) } else { Cow::Borrowed(&key.name) }
 }
 
-/// The entry a client of `audience` gets under `name`, if any: for a
+/// The entry a client of `audience` gets under `name`, if it admits one: for a
 /// proxy a Sidecar scopes, its namespace's own route table of that name
 /// comes first (crate::translate's scoped tables are keyed by namespace).
 pub fn lookup_named<'a>(
@@ -200,14 +200,16 @@ pub fn lookup_named<'a>(
     audience: Audience<'_>,
     name: &str,
 ) -> Option<&'a Arc<ResourceEntry>> {
-    if ty.namespaced {
+    let found = if ty.namespaced {
         let (namespace, name) = name.split_once('/')?;
-        return snap.get(ty.group, ty.kind, namespace, name);
-    }
-    // gRPC forms (keelson_hub::translate::grpc) are keyed in their own namespace.
-    let grpc = audience.grpc.then(|| snap.get(ty.group, ty.kind, keelson_hub::translate::grpc::NAMESPACE, name));
-    let scoped = || audience.scoped_namespace().and_then(|ns| snap.get(ty.group, ty.kind, ns, name));
-    grpc.flatten().or_else(scoped).or_else(|| snap.get(ty.group, ty.kind, "", name)).filter(|e| audience.admits(ty, e))
+        snap.get(ty.group, ty.kind, namespace, name)
+    } else {
+        // gRPC forms (keelson_hub::translate::grpc) are keyed in their own namespace.
+        let grpc = audience.grpc.then(|| snap.get(ty.group, ty.kind, keelson_hub::translate::grpc::NAMESPACE, name));
+        let scoped = || audience.scoped_namespace().and_then(|ns| snap.get(ty.group, ty.kind, ns, name));
+        grpc.flatten().or_else(scoped).or_else(|| snap.get(ty.group, ty.kind, "", name))
+    };
+    found.filter(|e| audience.admits(ty, e))
 }
 
 /// The resources of `ty` an audience gets: all of them (wildcard) or the
@@ -226,11 +228,7 @@ pub fn select<'a>(
             .collect(),
         Some(names) => names
             .iter()
-            .filter_map(|n| {
-                lookup_named(snap, ty, audience, n)
-                    .filter(|e| audience.admits(ty, e))
-                    .map(|e| (Cow::Borrowed(n.as_str()), e))
-            })
+            .filter_map(|n| lookup_named(snap, ty, audience, n).map(|e| (Cow::Borrowed(n.as_str()), e)))
             .collect(),
     }
 }
